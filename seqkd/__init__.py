@@ -1,0 +1,3 @@
+"""seqkd: sequence-level knowledge distillation and speculative-decoding draft distillation."""
+
+__version__ = "0.1.0"

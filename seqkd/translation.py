@@ -1,0 +1,129 @@
+"""Translation as model inputs, for both families: the one place that defines the prompt format.
+
+Encoder-decoder (``seq2seq``, Marian-style)::
+
+    encoder:  src_1 .. src_n </s>
+    decoder:  <pad> tgt_1 .. tgt_m          (decoder_start_token_id = pad, as Marian)
+    labels:         tgt_1 .. tgt_m </s>
+
+Decoder-only (``causal``, Llama-style)::
+
+    input:    <s> src_1 .. src_n <sep> tgt_1 .. tgt_m </s>
+    labels:   -100 ... (prompt masked) ..  tgt_1 .. tgt_m </s>    (the model shifts labels itself)
+    prompt for decoding: <s> src_1 .. src_n <sep>; decoding stops at </s>.
+
+Tokenizers add no special tokens themselves (see :mod:`seqkd.tokenizer`); this module adds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+SEP_TOKEN = "<sep>"
+
+
+@dataclass(frozen=True)
+class Format:
+    """Token ids a family's format needs, read from the (target) tokenizer."""
+
+    family: str  # "causal" | "seq2seq"
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    sep_id: int | None
+
+    @classmethod
+    def from_tokenizer(cls, family: str, tokenizer) -> "Format":
+        if family not in ("causal", "seq2seq"):
+            raise ValueError(f"unknown model family {family!r}")
+        sep_id = tokenizer.convert_tokens_to_ids(SEP_TOKEN)
+        if sep_id is None or sep_id == tokenizer.unk_token_id:
+            sep_id = None
+        if family == "causal" and sep_id is None:
+            from .errors import SeqkdError
+
+            raise SeqkdError(
+                f"the tokenizer has no {SEP_TOKEN} token, which decoder-only translation needs "
+                "(train one with `seqkd tokenizer train`)"
+            )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(family, pad, tokenizer.bos_token_id, tokenizer.eos_token_id, sep_id)
+
+    # --- ids ---------------------------------------------------------------------------------------
+    def prompt_ids(self, src_ids: Sequence[int]) -> list[int]:
+        """What the model is given to translate: encoder input (seq2seq) or decoder prompt (causal)."""
+        if self.family == "seq2seq":
+            return list(src_ids) + [self.eos_id]
+        return [self.bos_id] + list(src_ids) + [self.sep_id]
+
+    def example(self, src_ids: Sequence[int], tgt_ids: Sequence[int]) -> dict[str, list[int]]:
+        """A training example: ``input_ids`` and ``labels`` (target tokens + eos; everything else -100)."""
+        prompt = self.prompt_ids(src_ids)
+        target = list(tgt_ids) + [self.eos_id]
+        if self.family == "seq2seq":
+            return {"input_ids": prompt, "labels": target}
+        return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target}
+
+    def length(self, ex: dict[str, list[int]]) -> int:
+        """Tokens an example costs in a batch (encoder + decoder for seq2seq), for token-budget batching."""
+        if self.family == "seq2seq":
+            return len(ex["input_ids"]) + len(ex["labels"])
+        return len(ex["input_ids"])
+
+
+def encode_pairs(
+    fmt: Format,
+    src_tok,
+    tgt_tok,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    *,
+    max_len: int = 256,
+) -> list[dict[str, list[int]]]:
+    """Tokenize parallel text into training examples; each side is truncated to ``max_len`` tokens."""
+    src = src_tok(list(sources), add_special_tokens=False)["input_ids"]
+    tgt = tgt_tok(list(targets), add_special_tokens=False)["input_ids"]
+    return [fmt.example(s[:max_len], t[:max_len]) for s, t in zip(src, tgt)]
+
+
+class Collator:
+    """Pads a list of examples into a batch: input_ids/attention_mask ``[B, S]``, labels ``[B, T]``.
+
+    For seq2seq models (``decoder_start_id`` given) it also builds ``decoder_input_ids`` ``[B, T]``: the labels
+    shifted right behind the start token, so the model need not see labels (and computes no loss of its own).
+    Padding is on the right for training; :mod:`seqkd.decoding` left-pads prompts itself.
+    """
+
+    def __init__(self, pad_id: int, decoder_start_id: int | None = None):
+        self.pad_id = pad_id
+        self.decoder_start_id = decoder_start_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        inputs = pad([ex["input_ids"] for ex in examples], self.pad_id)
+        # The mask comes from lengths, not `!= pad`: a tokenizer may reuse pad as another special token.
+        lengths = torch.tensor([len(ex["input_ids"]) for ex in examples])
+        batch = {"input_ids": inputs}
+        batch["attention_mask"] = (torch.arange(inputs.shape[1])[None, :] < lengths[:, None]).long()
+        batch["labels"] = pad([ex["labels"] for ex in examples], IGNORE_INDEX)
+        if self.decoder_start_id is not None:
+            dec = batch["labels"].roll(1, dims=1)
+            dec[:, 0] = self.decoder_start_id
+            batch["decoder_input_ids"] = dec.masked_fill(dec == IGNORE_INDEX, self.pad_id)
+        return batch
+
+
+def pad(seqs: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:
+    """Right- (or left-) pad lists of ids into a ``[B, max_len]`` long tensor."""
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            if left:
+                out[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            else:
+                out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out

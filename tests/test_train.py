@@ -1,0 +1,124 @@
+"""The CE trainer: loss normalisation, exact resume, and (slow) tiny teachers learning the synthetic task."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback, set_seed
+
+from seqkd.config import TrainConfig
+from seqkd.errors import SeqkdError
+from seqkd.prepare import prepare_run
+from seqkd.train import check_out_dir, make_trainer, train
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(out=str(tmp_path / name), model="marian-tiny", data="synthetic", synthetic_size=600,
+                vocab_size=128, max_steps=12, lr=2e-3, warmup_steps=4, max_tokens=512, eval_steps=6,
+                bleu_samples=20, logging_steps=1, dropout=0.1, progress=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def _losses(history):
+    return {h["step"]: (h["loss"], h["grad_norm"]) for h in history if "loss" in h and "grad_norm" in h}
+
+
+@pytest.mark.parametrize("model", ["marian-tiny", "llama-tiny"])
+def test_resume_gives_the_same_loss_curve(tmp_path, model):
+    # uninterrupted run
+    full = train(_cfg(tmp_path, "full", model=model))
+    full_hist = json.loads((tmp_path / "full" / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
+    # interrupted after the checkpoint at step 6, then resumed with --resume
+    cfg = _cfg(tmp_path, "cut", model=model)
+    set_seed(cfg.seed)
+    run = prepare_run(cfg)
+    trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid)
+    trainer.add_callback(_StopAt(6))
+    trainer.train()
+    assert trainer.state.global_step == 6
+    resumed = train(_cfg(tmp_path, "cut", model=model, resume=True))
+    cut_hist = json.loads((tmp_path / "cut" / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
+    a, b = _losses(full_hist), _losses(cut_hist)
+    assert sorted(a) == list(range(1, 13)) and sorted(b) == sorted(a)
+    for step in a:  # dropout on, so this also checks that the RNG state was restored
+        assert a[step] == pytest.approx(b[step], rel=1e-6, abs=1e-7), step
+    assert full["steps"] == resumed["steps"] == 12
+    assert [e["eval_bleu"] for e in full["evaluations"]] == pytest.approx(
+        [e["eval_bleu"] for e in resumed["evaluations"]])
+
+
+def test_loss_is_normalised_by_the_step_token_count(tmp_path):
+    """Two micro-batches normalised by the step's total token count give the combined batch's loss,
+    so gradient accumulation and DDP splits do not change the objective."""
+    cfg = _cfg(tmp_path, "norm", dropout=0.0)
+    set_seed(0)
+    run = prepare_run(cfg)
+    trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid)
+    model = trainer.model.train()
+    exs = run.train_examples[:8]
+    collate = trainer.data_collator
+    whole = collate(exs)
+    n = int((whole["labels"] != -100).sum())
+    parts = [collate(exs[:3]), collate(exs[3:])]
+    with torch.no_grad():
+        combined = trainer.compute_loss(model, whole, num_items_in_batch=n)
+        split = sum(trainer.compute_loss(model, p, num_items_in_batch=n) for p in parts)
+        mean = trainer.compute_loss(model, whole)
+    assert float(split) == pytest.approx(float(combined), rel=1e-5)
+    assert float(mean) == pytest.approx(float(combined), rel=1e-6)  # no count given: mean over the batch
+
+
+def test_out_dir_guard(tmp_path):
+    out = tmp_path / "run"
+    assert check_out_dir(out, resume=False, overwrite=False) is None
+    with pytest.raises(SeqkdError, match="no checkpoint"):
+        check_out_dir(out, resume=True, overwrite=False)
+    (out / "checkpoint-5").mkdir(parents=True)
+    (out / "checkpoint-10").mkdir()
+    with pytest.raises(SeqkdError, match="already holds a run"):
+        check_out_dir(out, resume=False, overwrite=False)
+    assert check_out_dir(out, resume=True, overwrite=False).name == "checkpoint-10"
+    assert check_out_dir(out, resume=False, overwrite=True) is None and not out.exists()
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (dict(data=None), "exactly one of"),
+    (dict(schedule="nope"), "--schedule"),
+    (dict(max_tokens=0), "--max-tokens"),
+    (dict(label_smoothing=1.0), "--label-smoothing"),
+    (dict(resume=True, overwrite=True), "contradict"),
+])
+def test_config_validation(tmp_path, bad, msg):
+    with pytest.raises(SeqkdError, match=msg):
+        _cfg(tmp_path, "x", **bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,steps,threshold", [("marian-tiny", 500, 40.0), ("llama-tiny", 700, 30.0)])
+def test_tiny_teacher_learns_the_synthetic_task(tmp_path, model, steps, threshold):
+    """Chance BLEU on this task is ~1 (an untrained model scores 0-2); the thresholds are well below what
+    these runs reach (see the closing note of the foundation issue) and far above chance."""
+    from seqkd.evaluate import score
+    from seqkd.decoding import translate
+    from seqkd.models import load_model
+    from seqkd.synthetic import synthetic_pairs
+    from seqkd.tokenizer import load_tokenizers
+
+    cfg = _cfg(tmp_path, model, model=model, synthetic_size=4000, vocab_size=256, max_steps=steps, lr=3e-3,
+               warmup_steps=100, max_tokens=2048, eval_steps=steps, bleu_samples=100, logging_steps=50,
+               dropout=0.0, label_smoothing=0.0, seed=0)
+    train(cfg)
+    src, ref = synthetic_pairs(200, seed=99, multimodality=0.0)
+    m = load_model(cfg.out)
+    hyps = translate(m, *load_tokenizers(cfg.out), src, batch_size=100, max_new_tokens=40)
+    assert score(hyps, ref).bleu > threshold

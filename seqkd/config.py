@@ -54,6 +54,8 @@ class TrainConfig:
     max_tokens: int = _help("Token budget of one batch (padded source + target tokens).", default=4096)
     grad_accum: int = _help("Gradient accumulation steps.", default=1)
     max_steps: int = _help("Optimizer steps to train for.", default=1000)
+    max_minutes: float | None = _help(
+        "Also stop (evaluating and checkpointing first) after this much wall-clock training time.", default=None)
     lr: float = _help("Peak learning rate (AdamW).", default=5e-4)
     warmup_steps: int = _help("Linear warm-up steps.", default=200)
     schedule: str = _help(f"Learning-rate schedule after warm-up: {', '.join(SCHEDULES)}.", default="inverse_sqrt")
@@ -93,6 +95,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_steps", "bleu_samples", "clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise SeqkdError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise SeqkdError(f"--max-minutes must be > 0, got {self.max_minutes}")
         if not 0 <= self.label_smoothing < 1:
             raise SeqkdError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.lr <= 0:

@@ -22,16 +22,15 @@ from seqkd.errors import SeqkdError
 # sinusoidal position tables not counted); the embedding alone is 8000*d: 0.51M at d=64, 2.05M at 256, 3.07M at 384.
 #
 # Tiny presets are for tests: 2 heads so that head_dim is 32, the smallest head size vLLM's CPU attention supports.
-# Teachers must train on Multi30k (29k pairs, ~16+17 tokens each) on 2 CPU cores in about 40 minutes. Measured on
-# this machine: a marian-student training step (64 pairs) takes ~0.9 s on one core (~50 GFLOP/s), so with 2 cores
-# an epoch costs ~4 min for marian-student and ~2x that for marian-teacher: ~10 vs ~5 epochs in 40 minutes.
-# A 6+6-layer d=512 model would get under 2 epochs, too few on Multi30k, hence d=384 and 3 layers for the
-# teachers. Decoder-only models run over source+<sep>+target (~34 positions), so llama-teacher gets 4 layers.
+# Teachers must train on Multi30k (29k pairs) on 2 CPU cores in about 40 minutes. Measured on this machine (AVX2,
+# fp32, ~30-60 GFLOP/s): a d=384 3+3 Marian trains at ~640 tokens/s (about 2 epochs in 40 minutes), a d=256 3+3 at
+# ~2,600 tokens/s (~7 epochs). On Multi30k epochs matter more than width, so teachers are d=256 and the students
+# are made cheaper where decoding time goes: fewer decoder layers (Marian) or fewer layers (Llama).
 
 _LLAMA_COMMON: dict[str, Any] = {
     "tie_word_embeddings": True,  # output projection = input embeddings: fewer parameters, better on small data
     "max_position_embeddings": 512,  # source + <sep> + target for decoder-only translation fits easily
-    "rope_theta": 10000.0,
+    "rope_theta": 10000.0,  # transformers 5 moves it into rope_parameters
     "rms_norm_eps": 1e-6,
     "hidden_act": "silu",
     "attention_dropout": 0.0,
@@ -47,7 +46,7 @@ _MARIAN_COMMON: dict[str, Any] = {
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # llama-tiny: 594,240 params (vocab 8000)
+    # llama-tiny: 0.59M params (vocab 8000)
     "llama-tiny": {
         **_LLAMA_COMMON,
         "hidden_size": 64,
@@ -56,25 +55,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "intermediate_size": 128,
     },
-    # llama-student: 6,244,608 params (vocab 8000)
+    # llama-student: 4.1M params; 2 layers of d 256, also the shape of a fast speculative-decoding draft
     "llama-student": {
         **_LLAMA_COMMON,
         "hidden_size": 256,
-        "num_hidden_layers": 4,
+        "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
         "intermediate_size": 1024,
     },
-    # llama-teacher: 10,153,344 params (vocab 8000)
+    # llama-teacher: 8.3M params
     "llama-teacher": {
         **_LLAMA_COMMON,
-        "hidden_size": 384,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 6,
-        "num_key_value_heads": 6,
-        "intermediate_size": 1024,  # gated MLP (3 matrices): as costly as a 1536-wide plain one
+        "hidden_size": 256,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 1024,
     },
-    # marian-tiny: 679,424 params (vocab 8000)
+    # marian-tiny: 0.68M params
     "marian-tiny": {
         **_MARIAN_COMMON,
         "d_model": 64,
@@ -88,8 +87,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention_dropout": 0.0,
         "activation_dropout": 0.0,
     },
-    # marian-student: 7,577,600 params (vocab 8000)
+    # marian-student: 5.5M params; deep encoder, 1-layer decoder (decoding time is spent in the decoder)
     "marian-student": {
+        **_MARIAN_COMMON,
+        "d_model": 256,
+        "encoder_layers": 3,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 1024,
+        "decoder_ffn_dim": 1024,
+        "dropout": 0.1,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+    },
+    # marian-teacher: 7.6M params
+    "marian-teacher": {
         **_MARIAN_COMMON,
         "d_model": 256,
         "encoder_layers": 3,
@@ -102,32 +115,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention_dropout": 0.0,
         "activation_dropout": 0.0,
     },
-    # marian-teacher: 15,495,168 params (vocab 8000)
-    "marian-teacher": {
-        **_MARIAN_COMMON,
-        "d_model": 384,
-        "encoder_layers": 3,
-        "decoder_layers": 3,
-        "encoder_attention_heads": 6,
-        "decoder_attention_heads": 6,
-        "encoder_ffn_dim": 1536,
-        "decoder_ffn_dim": 1536,
-        "dropout": 0.1,
-        "attention_dropout": 0.0,
-        "activation_dropout": 0.0,
-    },
 }
 
-_ARCH = {"llama": "LlamaForCausalLM", "marian": "MarianMTModel"}
 SOURCE_TOKENIZER_DIR = "source_tokenizer"  # where save_model puts a separate source tokenizer
 _GGUF_MARKER = "seqkd_gguf.json"  # written last by convert_gguf; its presence + matching hash = a usable cache
 
 
 def family(model_or_config: Any) -> str:
     """"causal" or "seq2seq" for a model, a config, or a model directory / hub id."""
-    config = getattr(model_or_config, "config", model_or_config)
     if isinstance(model_or_config, (str, Path)):
         config = _load_config(str(model_or_config), trust_remote_code=False)
+    else:
+        config = getattr(model_or_config, "config", model_or_config)
     if not hasattr(config, "is_encoder_decoder"):
         raise SeqkdError(f"not a model or model config: {type(model_or_config).__name__}")
     return "seq2seq" if config.is_encoder_decoder else "causal"
@@ -158,7 +157,8 @@ def build_model(
     arch = preset.split("-")[0]
     config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (MarianConfig, MarianMTModel)
 
-    known = set(vars(config_cls())) | set(getattr(config_cls, "attribute_map", {}))
+    # PretrainedConfig keeps unknown kwargs silently: a typo would otherwise be ignored without a word.
+    known = set(vars(config_cls())) | set(getattr(config_cls, "attribute_map", {})) | set(PRESETS[preset])
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise SeqkdError(f"unknown config option(s) for {preset}: {', '.join(unknown)}")
@@ -271,6 +271,7 @@ def load_model(
 
     AutoModelForSeq2SeqLM for encoder-decoder configs, AutoModelForCausalLM otherwise. Remote code only when asked.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     name = str(name_or_path)
@@ -299,8 +300,6 @@ def load_model(
             if has_safetensors:
                 kwargs["use_safetensors"] = True
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-    from safetensors import SafetensorError
-
     try:
         model, info = auto.from_pretrained(where, config=config, output_loading_info=True, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
@@ -374,9 +373,9 @@ def _check_vocab(model, src, tgt) -> None:
     """A tokenizer with more ids than the model's embeddings would index out of range at the first batch."""
     c = model.config
     dec_vocab = getattr(c, "decoder_vocab_size", None) or c.vocab_size
-    sides = [(tgt, dec_vocab, "tokenizer" if src is tgt else "target tokenizer")]
-    if src is not tgt:
-        sides.append((src, c.vocab_size, "source tokenizer"))
+    joint = src is tgt
+    sides = [(src, c.vocab_size, "tokenizer" if joint else "source tokenizer")]
+    sides.append((tgt, dec_vocab, "tokenizer" if joint else "target tokenizer"))
     for tok, size, what in sides:
         if tok is not None and len(tok) > size:
             raise SeqkdError(f"{what} has {len(tok)} tokens but the model's vocabulary is {size}")

@@ -168,6 +168,23 @@ class _Progress(TrainerCallback):
             self.bar = None
 
 
+class _TimeBudget(TrainerCallback):
+    """Stop after ``minutes`` of training in this process, evaluating and saving at that step."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if time.perf_counter() - self.start > self.seconds and not control.should_training_stop:
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = True
+
+
 def training_arguments(cfg: TrainConfig, *, has_valid: bool, metric: str | None) -> TrainingArguments:
     """Map a TrainConfig onto HF TrainingArguments (one place, so the distillation job reuses it)."""
     every = cfg.eval_steps or cfg.max_steps
@@ -264,6 +281,8 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
     trainer.remove_callback(PrinterCallback)  # our _Progress prints what matters
     if cfg.progress:
         trainer.add_callback(_Progress())
+    if cfg.max_minutes is not None:
+        trainer.add_callback(_TimeBudget(cfg.max_minutes))
     return trainer
 
 

@@ -1,0 +1,147 @@
+"""Benchmark: the `teacher` preset of each family trained on Multi30k de->en on this machine, then scored.
+
+For each family: train (cross-entropy, time-capped), then decode every test set greedy and with beam 5 and
+report sacrebleu BLEU / chrF with signatures, training tokens/s and decoding words/s. Writes
+``benchmarks/results/teacher_multi30k.{json,md}``; the trained models stay in ``data/models/`` (git-ignored)
+for the corpus, distillation and speculative-decoding benchmarks to reuse.
+
+    python benchmarks/teacher_multi30k.py                       # both families, test_2016_flickr
+    python benchmarks/teacher_multi30k.py --test SRC REF --test SRC2 REF2   # any other test sets
+    python benchmarks/teacher_multi30k.py --families marian --reuse          # score already-trained models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--families", nargs="+", default=["marian", "llama"], choices=["marian", "llama"])
+    p.add_argument("--test", nargs=2, action="append", metavar=("SRC", "REF"),
+                   help="a test set to score (repeatable); default: Multi30k test_2016_flickr de->en")
+    p.add_argument("--models-dir", default=str(ROOT / "data" / "models"), help="where trained models are kept")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="where JSON/Markdown go")
+    p.add_argument("--name", default="teacher_multi30k", help="result file stem")
+    p.add_argument("--max-steps", type=int, default=20000, help="step cap (the time cap usually binds first)")
+    p.add_argument("--max-minutes", type=float, default=40.0, help="training time cap per family")
+    p.add_argument("--max-tokens", type=int, default=4096, help="token budget per batch")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-steps", type=int, default=800)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--eval-steps", type=int, default=1000, help="validate (val BLEU) every N steps")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    p.add_argument("--reuse", action="store_true", help="skip training where a trained model exists")
+    return p.parse_args(argv)
+
+
+def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
+    from seqkd.config import TrainConfig
+    from seqkd.train import train
+
+    out = Path(args.models_dir) / f"multi30k-de-en-{family}-teacher"
+    summary_file = out / "train_summary.json"
+    if args.reuse and summary_file.exists():
+        return out, json.loads(summary_file.read_text())
+    cfg = TrainConfig(
+        out=str(out), model=f"{family}-teacher", data="multi30k:de-en", tokenizer=str(tok_dir),
+        max_steps=args.max_steps, max_minutes=args.max_minutes, max_tokens=args.max_tokens, lr=args.lr,
+        warmup_steps=args.warmup_steps, eval_steps=args.eval_steps, bleu_samples=500, logging_steps=100,
+        label_smoothing=0.1, overwrite=True, seed=0,
+    )
+    summary = train(cfg)
+    return out, summary
+
+
+def score_model(model_dir: Path, tests: list[tuple[str, str]], batch_size: int) -> list[dict]:
+    from seqkd.data import read_lines
+    from seqkd.evaluate import score, timed_translate
+    from seqkd.models import load_model
+    from seqkd.tokenizer import load_tokenizers
+
+    model = load_model(model_dir)
+    src_tok, tgt_tok = load_tokenizers(model_dir)
+    rows = []
+    for src_file, ref_file in tests:
+        srcs = read_lines(src_file, strict=True)[0]
+        refs = read_lines(ref_file, strict=True)[0]
+        for beam in (1, 5):
+            hyps, speed = timed_translate(model, src_tok, tgt_tok, srcs, beam_size=beam, batch_size=batch_size,
+                                          max_new_tokens=128, max_len_ratio=2.0)
+            s = score(hyps, refs)
+            rows.append({"test": Path(src_file).name, "beam": beam, "bleu": s.bleu, "chrf": s.chrf,
+                         "bleu_signature": s.bleu_signature, "words_per_s": speed.words_per_s,
+                         "sentences_per_s": speed.sentences_per_s, "decode_seconds": speed.seconds})
+            print(f"  {Path(src_file).name} beam {beam}: BLEU {s.bleu:.2f} chrF {s.chrf:.2f} "
+                  f"{speed.words_per_s:.0f} words/s", flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    from seqkd.datasets import load_parallel, parallel_files
+    from seqkd.models import count_parameters, load_model
+    from seqkd.tokenizer import load_tokenizers, train_translation_tokenizers
+
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    tests = [tuple(t) for t in args.test] if args.test else [tuple(map(str, parallel_files("multi30k:de-en",
+                                                                                             "test_2016_flickr")))]
+    tok_dir = Path(args.models_dir) / "multi30k-de-en-tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        src, tgt = load_parallel("multi30k:de-en", "train")
+        train_translation_tokenizers(src, tgt, tok_dir, joint=True, vocab_size=args.vocab_size, model_type="unigram")
+    vocab = len(load_tokenizers(tok_dir)[1])
+    result = {"benchmark": args.name, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+              "torch": torch.__version__, "tests": [list(t) for t in tests], "vocab": vocab,
+              "settings": {k: v for k, v in vars(args).items() if k not in ("test",)}, "families": {}}
+    for family in args.families:
+        print(f"== {family}-teacher", flush=True)
+        model_dir, summary = train_family(args, family, tok_dir)
+        rows = score_model(model_dir, tests, args.batch_size)
+        result["families"][family] = {
+            "preset": f"{family}-teacher",
+            "params": count_parameters(load_model(model_dir)),
+            "train_steps": summary["steps"],
+            "train_minutes": summary["seconds"] / 60,
+            "train_tokens_per_s": summary["train_tokens_per_s"],
+            "best_checkpoint": summary.get("best_checkpoint"),
+            "val_bleu_curve": [(e["step"], e.get("eval_bleu")) for e in summary["evaluations"]],
+            "scores": rows,
+            "model_dir": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
+        }
+        write(result, args, time.perf_counter() - t0)  # partial results survive an interrupted run
+    write(result, args, time.perf_counter() - t0)
+
+
+def write(result: dict, args, seconds: float) -> None:
+    result["total_minutes"] = seconds / 60
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"# {args.name}: teacher presets on Multi30k de->en ({result['machine']})", "",
+        "| family | params | steps | train min | train tok/s | test set | beam | BLEU | chrF | words/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for fam, r in result["families"].items():
+        for row in r["scores"]:
+            lines.append(
+                f"| {fam} | {r['params'] / 1e6:.1f}M | {r['train_steps']} | {r['train_minutes']:.1f} | "
+                f"{r['train_tokens_per_s'] or 0:.0f} | {row['test']} | {row['beam']} | {row['bleu']:.2f} | "
+                f"{row['chrf']:.2f} | {row['words_per_s']:.0f} |")
+    sigs = sorted({row["bleu_signature"] for r in result["families"].values() for row in r["scores"]})
+    lines += ["", f"BLEU signature: `{'`, `'.join(sigs)}`", "",
+              f"Command: `python benchmarks/teacher_multi30k.py` (total {result['total_minutes']:.0f} min)."]
+    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

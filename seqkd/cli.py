@@ -56,9 +56,9 @@ def cmd_data_check(a) -> None:
     from .data import read_lines, read_parallel
 
     if a.target or a.source.endswith((".tsv", ".jsonl", ".tsv.gz", ".jsonl.gz")):
-        examples, stats = read_parallel(a.source, a.target, strict=a.strict, max_chars=a.max_chars)
+        _, stats = read_parallel(a.source, a.target, strict=a.strict, max_chars=a.max_chars)
     else:
-        examples, stats = read_lines(a.source, strict=a.strict, max_chars=a.max_chars)
+        _, stats = read_lines(a.source, strict=a.strict, max_chars=a.max_chars)
     print(stats)
 
 
@@ -141,7 +141,7 @@ def cmd_translate(a) -> None:
     from .evaluate import timed_translate
 
     model, src_tok, tgt_tok = _load_for_decoding(a.model)
-    lines, stats = read_lines(a.input, strict=True)
+    lines, _ = read_lines(a.input, keep_empty=True)  # an empty line translates to an empty line
     hyps, speed = timed_translate(model, src_tok, tgt_tok, lines, progress=True, **_decode_kwargs(a))
     write_lines(a.output, hyps)
     print(f"{speed.sentences} sentences -> {a.output} in {speed.seconds:.1f}s "
@@ -158,7 +158,7 @@ def cmd_eval(a) -> None:
         if not a.src:
             raise SeqkdError("--model needs --src (the sources to translate)")
         model, src_tok, tgt_tok = _load_for_decoding(a.model)
-        srcs = read_lines(a.src, strict=True)[0]
+        srcs = read_lines(a.src, keep_empty=True)[0]
         hyps, speed = timed_translate(model, src_tok, tgt_tok, srcs, progress=True, **_decode_kwargs(a))
         result["speed"] = speed.as_dict()
         if a.hyp:

@@ -237,10 +237,13 @@ def read_parallel(
 
 
 def read_lines(
-    path: PathLike, *, strict: bool = False, max_chars: int | None = 1000
+    path: PathLike, *, strict: bool = False, max_chars: int | None = 1000, keep_empty: bool = False
 ) -> tuple[list[str], ReadStats]:
     """Read monolingual lines (e.g. prompts), one per line (``.gz`` ok), with the same checks as
-    :func:`read_parallel`: empty lines skipped and counted, long lines truncated and counted."""
+    :func:`read_parallel`: empty lines skipped and counted, long lines truncated and counted.
+
+    ``keep_empty``: keep empty lines as ``""`` (hypothesis / reference files, where line i must stay line i).
+    """
     _check_max_chars(max_chars)
     c = _Cleaner(strict, max_chars)
     p = Path(path)
@@ -248,6 +251,9 @@ def read_lines(
     out: list[str] = []
     skipped = truncated = 0
     for i, line in enumerate(raw):
+        if keep_empty and not line.strip():
+            out.append("")
+            continue
         if c.empty(line, p, i + 1):
             skipped += 1
             continue

@@ -52,6 +52,7 @@ def generation_config(
         bos_token_id=fmt.bos_id,
         early_stopping=True if beam_size > 1 else False,
         return_dict_in_generate=True,
+        output_scores=beam_size > 1,  # beam search then reports each hypothesis's sequence score
         length_penalty=length_penalty,
     )
     if do_sample:
@@ -147,7 +148,19 @@ def translate(
     progress: bool = False,
     seed: int | None = None,
 ) -> list[str] | list[list[str]]:
-    """Translate ``sources``; returns one string per source (or a list of ``num_return_sequences``)."""
+    """Translate ``sources``; returns one string per source (or a list of ``num_return_sequences``).
+    An empty (or whitespace) source translates to ``""`` without being decoded."""
+    keep = [i for i, s in enumerate(sources) if s.strip()]
+    if len(keep) < len(sources):
+        done = translate(model, src_tok, tgt_tok, [sources[i] for i in keep], beam_size=beam_size,
+                         num_return_sequences=num_return_sequences, do_sample=do_sample, temperature=temperature,
+                         top_p=top_p, top_k=top_k, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         max_source_len=max_source_len, max_len_ratio=max_len_ratio, progress=progress, seed=seed)
+        empty = "" if num_return_sequences == 1 else [""] * num_return_sequences
+        out = [empty] * len(sources)
+        for i, t in zip(keep, done):
+            out[i] = t
+        return out
     fmt = Format.from_tokenizer(family(model), tgt_tok)
     src_ids = src_tok(list(sources), add_special_tokens=False)["input_ids"] if sources else []
     prompts = [fmt.prompt_ids(s[:max_source_len]) for s in src_ids]

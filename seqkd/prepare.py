@@ -80,10 +80,22 @@ def model_for(cfg: TrainConfig, src_tok, tgt_tok):
     return model
 
 
+def check_model_name(name: str) -> None:
+    """A preset, an existing directory, or an ``org/name`` hub id; anything else fails before any work."""
+    from .models import PRESETS
+
+    if name in PRESETS or Path(name).is_dir():
+        return
+    if Path(name).exists() or name.count("/") != 1 or name.startswith((".", "/")):
+        raise SeqkdError(f"--model {name!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
+                         "nor a model directory (nor an org/name hub id)")
+
+
 def prepare_run(cfg: TrainConfig) -> Run:
     from .models import family
     from .translation import Format, encode_pairs
 
+    check_model_name(cfg.model)
     src, tgt, vsrc, vtgt, stats = load_pairs(cfg)
     src_tok, tgt_tok = tokenizers_for(cfg, src, tgt)
     model = model_for(cfg, src_tok, tgt_tok)

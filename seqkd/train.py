@@ -292,38 +292,53 @@ def finish(trainer: SeqkdTrainer, cfg: TrainConfig, src_tok, tgt_tok, started: f
 
     out = Path(cfg.out)
     model = trainer.accelerator.unwrap_model(trainer.model)
+    summary = summarize(trainer, cfg, started)
+    if not trainer.accelerator.is_main_process:
+        return summary
     save_model(model, (src_tok, tgt_tok), out / "last")
     best = trainer.state.best_model_checkpoint
     if best and Path(best).exists() and Path(best).name != f"checkpoint-{trainer.state.global_step}":
         model = type(model).from_pretrained(best)
     save_model(model, (src_tok, tgt_tok), out)
-    history = trainer.state.log_history
-    evals = [h for h in history if "eval_loss" in h]
-    speeds = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
-    summary = {
-        "steps": trainer.state.global_step,
-        "best_checkpoint": Path(best).name if best else None,
-        "best_metric": trainer.state.best_metric,
-        "evaluations": evals,
-        "train_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
-        "train_tokens": trainer.state.num_input_tokens_seen,
-        "seconds": time.perf_counter() - started,
-        "config": {k: v for k, v in vars(cfg).items()},
-    }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
+def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
+    """What a run did, from the trainer's log history (tokens/s: per process)."""
+    history = trainer.state.log_history
+    speeds = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
+    best = trainer.state.best_model_checkpoint
+    return {
+        "steps": trainer.state.global_step,
+        "best_checkpoint": Path(best).name if best else None,
+        "best_metric": trainer.state.best_metric,
+        "evaluations": [h for h in history if "eval_loss" in h],
+        "train_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "seconds": time.perf_counter() - started,
+        "config": dict(vars(cfg)),
+    }
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train a translation model as ``cfg`` says; returns the summary written to ``out/train_summary.json``."""
+    from accelerate import PartialState
     from transformers import set_seed
 
     from .prepare import prepare_run
 
     started = time.perf_counter()
-    resume_from = check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-    set_seed(cfg.seed)
-    run = prepare_run(cfg)
+    state = PartialState()
+    # Under torchrun / accelerate launch, the main process checks --out and trains the tokenizer first; the
+    # others then find the tokenizer in place and reuse it.
+    with state.main_process_first():
+        if state.is_main_process:
+            resume_from = check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+        else:
+            resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
+        set_seed(cfg.seed)
+        run = prepare_run(cfg)
     trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     summary = finish(trainer, cfg, run.src_tok, run.tgt_tok, started)

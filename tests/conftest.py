@@ -40,3 +40,30 @@ def tinyshakespeare_data_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
     root = require_data("tinyshakespeare", "input.txt")
     monkeypatch.setenv("SEQKD_DATA_DIR", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_mt_model(tmp_path_factory) -> Path:
+    """A marian-tiny model trained briefly on the synthetic task (model + tokenizer in one directory).
+    Enough to decode deterministically, not to translate well; shared by the decoding and CLI tests."""
+    from seqkd.config import TrainConfig
+    from seqkd.train import train
+
+    out = tmp_path_factory.mktemp("tiny_mt") / "model"
+    train(TrainConfig(out=str(out), model="marian-tiny", data="synthetic", synthetic_size=1500, vocab_size=160,
+                      max_steps=120, lr=3e-3, warmup_steps=30, max_tokens=1024, eval_steps=0, bleu_samples=0,
+                      logging_steps=60, progress=False, seed=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_model(tmp_path_factory) -> Path:
+    """A llama-tiny (decoder-only) translation model trained briefly on the synthetic task."""
+    from seqkd.config import TrainConfig
+    from seqkd.train import train
+
+    out = tmp_path_factory.mktemp("tiny_lm") / "model"
+    train(TrainConfig(out=str(out), model="llama-tiny", data="synthetic", synthetic_size=1500, vocab_size=160,
+                      max_steps=120, lr=3e-3, warmup_steps=30, max_tokens=1024, eval_steps=0, bleu_samples=0,
+                      logging_steps=60, progress=False, seed=1))
+    return out

@@ -40,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-steps", type=int, default=1000, help="validate (val BLEU) every N steps")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
     p.add_argument("--reuse", action="store_true", help="skip training where a trained model exists")
+    p.add_argument("--note", default="", help="a remark stored with the results (e.g. the card used)")
     return p.parse_args(argv)
 
 
@@ -102,12 +103,22 @@ def main(argv=None) -> None:
     result = {"benchmark": args.name, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
               "torch": torch.__version__, "tests": [list(t) for t in tests], "vocab": vocab,
               "settings": {k: v for k, v in vars(args).items() if k not in ("test",)}, "families": {}}
+    previous = Path(args.results) / f"{args.name}.json"
+    if previous.exists():  # keep the other families' rows when only some are re-run
+        old = json.loads(previous.read_text())
+        for fam, r in old.get("families", {}).items():
+            if fam not in args.families:
+                r.setdefault("settings", old.get("settings"))  # rows from before settings were kept per family
+                result["families"][fam] = r
     for family in args.families:
         print(f"== {family}-teacher", flush=True)
         model_dir, summary = train_family(args, family, tok_dir)
         rows = score_model(model_dir, tests, args.batch_size)
         result["families"][family] = {
             "preset": f"{family}-teacher",
+            "max_minutes": args.max_minutes,
+            "settings": result["settings"],
+            "note": args.note,
             "params": count_parameters(load_model(model_dir)),
             "train_steps": summary["steps"],
             "train_minutes": summary["seconds"] / 60,
@@ -139,7 +150,14 @@ def write(result: dict, args, seconds: float) -> None:
                 f"{row['chrf']:.2f} | {row['words_per_s']:.0f} |")
     sigs = sorted({row["bleu_signature"] for r in result["families"].values() for row in r["scores"]})
     lines += ["", f"BLEU signature: `{'`, `'.join(sigs)}`", "",
-              f"Command: `python benchmarks/teacher_multi30k.py` (total {result['total_minutes']:.0f} min)."]
+              "Commands (one per family row):", ""]
+    for fam, r in result["families"].items():
+        st = r["settings"]
+        cmd = (f"python benchmarks/teacher_multi30k.py --families {fam} --max-minutes {st['max_minutes']:g} "
+               f"--lr {st['lr']:g} --warmup-steps {st['warmup_steps']} --eval-steps {st['eval_steps']} "
+               f"--max-tokens {st['max_tokens']}")
+        note = f" — {r['note']}" if r.get("note") else ""
+        lines.append(f"- {fam}: `{cmd}` ({r['train_minutes']:.0f} min training){note}")
     (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 

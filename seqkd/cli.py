@@ -140,8 +140,8 @@ def cmd_translate(a) -> None:
     from .data import read_lines, write_lines
     from .evaluate import timed_translate
 
-    model, src_tok, tgt_tok = _load_for_decoding(a.model)
     lines, _ = read_lines(a.input, keep_empty=True)  # an empty line translates to an empty line
+    model, src_tok, tgt_tok = _load_for_decoding(a.model)
     hyps, speed = timed_translate(model, src_tok, tgt_tok, lines, progress=True, **_decode_kwargs(a))
     write_lines(a.output, hyps)
     print(f"{speed.sentences} sentences -> {a.output} in {speed.seconds:.1f}s "
@@ -157,8 +157,8 @@ def cmd_eval(a) -> None:
     if a.model:
         if not a.src:
             raise SeqkdError("--model needs --src (the sources to translate)")
-        model, src_tok, tgt_tok = _load_for_decoding(a.model)
         srcs = read_lines(a.src, keep_empty=True)[0]
+        model, src_tok, tgt_tok = _load_for_decoding(a.model)
         hyps, speed = timed_translate(model, src_tok, tgt_tok, srcs, progress=True, **_decode_kwargs(a))
         result["speed"] = speed.as_dict()
         if a.hyp:
@@ -266,9 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Per-file 'Loading weights' / 'Writing model shards' bars would bury seqkd's own output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries()
     try:
         args.func(args)
     except SeqkdError as e:

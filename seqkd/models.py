@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -118,6 +119,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 SOURCE_TOKENIZER_DIR = "source_tokenizer"  # where save_model puts a separate source tokenizer
+_GGUF_FORMAT = 2  # bump when the converted directory's layout changes: older caches are then redone
 _GGUF_MARKER = "seqkd_gguf.json"  # written last by convert_gguf; its presence + matching hash = a usable cache
 
 
@@ -418,7 +420,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     marker = out / _GGUF_MARKER
     if marker.is_file():
         try:
-            cached = json.loads(marker.read_text()).get("sha256")
+            info = json.loads(marker.read_text())
+            cached = info.get("sha256") if info.get("format") == _GGUF_FORMAT else None
         except (OSError, ValueError, AttributeError):
             cached = None
         if cached == digest and (out / "config.json").is_file() and any(out.glob("*.safetensors")):
@@ -430,7 +433,11 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     gguf_model, tokenizer = _load_gguf(src)
     # A GGUF-loaded model refuses save_pretrained: rebuild the plain architecture and move the weights over.
     auto = AutoModelForSeq2SeqLM if gguf_model.config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_config(gguf_model.config, dtype=torch.float32)
+    config = copy.deepcopy(gguf_model.config)
+    # The weights are dequantised float32 now; a leftover `quant_method: gguf` makes vLLM refuse the directory.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = auto.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config = gguf_model.generation_config
     del gguf_model
@@ -438,7 +445,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tokenizer, tmp)
-    (tmp / _GGUF_MARKER).write_text(json.dumps({"gguf": str(src), "sha256": digest}, indent=1) + "\n")
+    marker_info = {"gguf": str(src), "sha256": digest, "format": _GGUF_FORMAT}
+    (tmp / _GGUF_MARKER).write_text(json.dumps(marker_info, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)  # empty, or a stale conversion of another file (it had our marker)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,269 @@
+"""Teacher decoding engines: one protocol, one module per engine (``hf``, ``vllm``), chosen by name.
+
+An engine turns prompt token ids into candidates (token ids, text, teacher log-probs, optional top-k
+distributions). Everything that is the same for every engine lives here: the decoding settings and their
+validation, the candidate record, the prompt format (:class:`TextCodec`) and the lazy engine registry.
+
+Contract of :meth:`Engine.generate` (every engine keeps it; the corpus and the tests rely on it):
+
+* ``result[i]`` belongs to ``prompts[i]`` and holds ``settings.num_return`` candidates: the n-best best first
+  (beam; ranked by the engine's beam score, length penalty included), the samples in generation order
+  (sample), or the one greedy output.
+* ``token_ids`` are the generated tokens exactly as the teacher produced them, **including the final eos** when
+  the hypothesis finished (``finished=True``); a hypothesis cut at ``max_new_tokens`` has no eos. ``text`` is
+  their decoding without special tokens.
+* ``token_logprobs[t]`` is ``log p_teacher(token_ids[t] | prompt, token_ids[:t])`` under the teacher's own
+  distribution (temperature 1, no top-k / top-p truncation: what distillation wants, not the sampling
+  distribution), computed in float32; ``logprob`` is their sum and ``norm_logprob = logprob / len(token_ids)``.
+* With ``settings.topk_logprobs = k > 0``, ``topk_ids[t]`` / ``topk_logprobs[t]`` are the teacher's k most
+  likely tokens at position ``t`` and their log-probs (same distribution), most likely first.
+* Same prompts + same settings (``seed`` included) give the same candidates: exactly for greedy and beam;
+  for sampling as far as the engine allows (the HF engine: exactly, on the same machine and batch size).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+from seqkd.errors import SeqkdError
+
+MODES = ("beam", "sample", "greedy")
+PROMPT_FORMATS = ("auto", "translation", "plain")
+
+# name -> module; each module defines ``create(model_dir, **options) -> Engine``.
+ENGINE_MODULES = {"hf": "seqkd.engines.hf", "vllm": "seqkd.engines.vllm"}
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How the teacher decodes; the same fields mean the same thing on every engine.
+
+    mode: ``beam`` (``nbest`` of ``beam_size`` beams), ``sample`` (``num_samples`` samples with ``temperature`` /
+    ``top_p`` / ``top_k``; 0 = no top-k) or ``greedy``. ``topk_logprobs``: store the teacher's top-k distribution at
+    every generated position (0 = off). ``seed`` seeds sampling. ``length_penalty``: beam ranking exponent (HF's:
+    a hypothesis scores ``logprob / length ** length_penalty``).
+    """
+
+    mode: str = "beam"
+    beam_size: int = 5
+    nbest: int = 1
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    topk_logprobs: int = 0
+    seed: int = 0
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> SeqkdError:
+            return SeqkdError(f"decoding settings: {msg}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.mode not in MODES:
+            raise bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("beam_size", "nbest", "num_samples", "max_new_tokens"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1:
+                raise bad(f"{name} must be a positive integer, got {v!r}")
+        for name in ("top_k", "topk_logprobs"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 0:
+                raise bad(f"{name} must be an integer >= 0 (0 = off), got {v!r}")
+        if not is_int(self.seed):
+            raise bad(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise bad(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.length_penalty, (int, float)):
+            raise bad(f"length_penalty must be a number, got {self.length_penalty!r}")
+        if self.mode == "beam" and self.nbest > self.beam_size:
+            raise bad(f"nbest={self.nbest} > beam_size={self.beam_size}: beam search keeps only beam_size hypotheses")
+        if self.mode != "beam" and self.nbest != 1:
+            raise bad(f"nbest={self.nbest} applies to beam search only (mode is {self.mode}; "
+                      "for several samples use mode=sample with num_samples)")
+        if self.mode != "sample" and self.num_samples != 1:
+            raise bad(f"num_samples={self.num_samples} applies to sampling only (mode is {self.mode})")
+
+    @property
+    def num_return(self) -> int:
+        """Candidates per prompt."""
+        return {"beam": self.nbest, "sample": self.num_samples, "greedy": 1}[self.mode]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Candidate:
+    """One teacher output for one prompt (see the module docstring for the exact meaning of each field)."""
+
+    token_ids: list[int]
+    text: str
+    logprob: float
+    norm_logprob: float
+    token_logprobs: list[float]
+    finished: bool = True
+    topk_ids: list[list[int]] | None = None
+    topk_logprobs: list[list[float]] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The corpus form: top-k fields only when present."""
+        d: dict[str, Any] = {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "logprob": self.logprob,
+            "norm_logprob": self.norm_logprob,
+            "token_logprobs": self.token_logprobs,
+            "finished": self.finished,
+        }
+        if self.topk_ids is not None:
+            d["topk_ids"] = self.topk_ids
+            d["topk_logprobs"] = self.topk_logprobs
+        return d
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded teacher that decodes. ``options`` are the engine's own settings that can change its outputs
+    (dtype, device, batch size, ...): the corpus manifest records them."""
+
+    name: str  # "hf" | "vllm"
+    family: str  # "causal" | "seq2seq"
+    model_dir: str
+    src_tok: Any
+    tgt_tok: Any
+    codec: "TextCodec"
+    options: dict[str, Any]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Prompt ids for source texts (the teacher's prompt format)."""
+        ...
+
+    def generate(self, prompts: list[list[int]], settings: DecodeSettings) -> list[list[Candidate]]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+# --- the prompt format, shared by every engine -----------------------------------------------------------------------
+@dataclass
+class TextCodec:
+    """Source text -> prompt ids, generated ids -> text, and the special ids that end generation.
+
+    ``prompt_format``:
+
+    * ``translation``: seqkd's format (:mod:`seqkd.translation`): encoder ``src </s>`` or decoder-only prompt
+      ``<s> src <sep>``; generation stops at ``</s>``. Sources are cut to ``max_source_len`` tokens.
+    * ``plain`` (decoder-only only): the text tokenized with the tokenizer's own special tokens (e.g. a
+      pretrained LLM's bos), continued until the tokenizer's eos; for prompt files and pretrained LLMs.
+    * ``auto``: ``translation`` for encoder-decoder models and for tokenizers that have ``<sep>`` (every
+      seqkd-trained tokenizer), ``plain`` otherwise.
+    """
+
+    family: str
+    src_tok: Any
+    tgt_tok: Any
+    prompt_format: str = "auto"
+    max_source_len: int = 256
+    fmt: Any = field(init=False)  # seqkd.translation.Format: pad/bos/eos ids (sep_id None for plain)
+
+    def __post_init__(self) -> None:
+        from seqkd.translation import SEP_TOKEN, Format
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise SeqkdError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
+        if not isinstance(self.max_source_len, int) or self.max_source_len < 1:
+            raise SeqkdError(f"max_source_len must be a positive integer, got {self.max_source_len!r}")
+        if self.prompt_format == "auto":
+            has_sep = self.tgt_tok.convert_tokens_to_ids(SEP_TOKEN) not in (None, self.tgt_tok.unk_token_id)
+            self.prompt_format = "translation" if self.family == "seq2seq" or has_sep else "plain"
+        if self.prompt_format == "translation":
+            self.fmt = Format.from_tokenizer(self.family, self.tgt_tok)
+        else:
+            if self.family != "causal":
+                raise SeqkdError("prompt format 'plain' is for decoder-only models; an encoder-decoder model "
+                                 "takes the 'translation' format")
+            eos = self.tgt_tok.eos_token_id
+            if eos is None:
+                raise SeqkdError("the tokenizer has no eos token: the teacher could never end a hypothesis")
+            pad = self.tgt_tok.pad_token_id if self.tgt_tok.pad_token_id is not None else eos
+            self.fmt = Format("causal", pad, self.tgt_tok.bos_token_id, eos, None)
+
+    @property
+    def eos_id(self) -> int:
+        return self.fmt.eos_id
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        texts = list(texts)
+        if not texts:
+            return []
+        if self.prompt_format == "plain":
+            return [ids[: self.max_source_len] for ids in self.src_tok(texts)["input_ids"]]
+        ids = self.src_tok(texts, add_special_tokens=False)["input_ids"]
+        return [self.fmt.prompt_ids(s[: self.max_source_len]) for s in ids]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tgt_tok.decode(list(token_ids), skip_special_tokens=True)
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the tokenizer(s) and prompt format."""
+        d = {
+            "name": getattr(self.tgt_tok, "name_or_path", None),
+            "vocab_size": len(self.tgt_tok),
+            "prompt_format": self.prompt_format,
+            "max_source_len": self.max_source_len,
+            "eos_id": self.fmt.eos_id,
+        }
+        if self.src_tok is not self.tgt_tok:
+            d["source_name"] = getattr(self.src_tok, "name_or_path", None)
+            d["source_vocab_size"] = len(self.src_tok)
+        return d
+
+
+def check_vocab(model_config, src_tok, tgt_tok, where: str) -> None:
+    """A tokenizer with more ids than the model's embeddings would index out of range (or be silently wrong)."""
+    dec_vocab = getattr(model_config, "decoder_vocab_size", None) or model_config.vocab_size
+    sides = [(tgt_tok, dec_vocab, "tokenizer" if src_tok is tgt_tok else "target tokenizer")]
+    if src_tok is not tgt_tok:
+        sides.append((src_tok, model_config.vocab_size, "source tokenizer"))
+    for tok, size, what in sides:
+        if len(tok) > size:
+            raise SeqkdError(f"{where}: the {what} has {len(tok)} tokens but the model's vocabulary is {size} "
+                             "(tokenizer and model do not belong together)")
+
+
+# --- registry ---------------------------------------------------------------------------------------------------------
+def get_engine(name: str, model_dir: str, **options: Any) -> Engine:
+    """Load the teacher in ``model_dir`` with engine ``name`` (``hf`` or ``vllm``); ``options`` go to the engine
+    (HF: ``device``, ``dtype``, ``batch_size``, ``prompt_format``, ``max_source_len``, ``trust_remote_code``).
+    The engine module is imported only here, so vLLM is never imported unless asked for."""
+    module_name = ENGINE_MODULES.get(name)
+    if module_name is None:
+        raise SeqkdError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_MODULES)}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise SeqkdError(f"the {name} engine is not available in this seqkd installation "
+                             f"(module {module_name} is missing); use --engine hf") from None
+        if e.name and e.name.split(".")[0] == "vllm":
+            raise SeqkdError("the vllm engine needs vLLM, which is not installed (pip install 'seqkd[gpu]', or "
+                             "'seqkd[cpu]' for the CPU build); use --engine hf") from None
+        raise
+    create = getattr(module, "create", None)
+    if create is None:
+        raise SeqkdError(f"{module_name} defines no create(model_dir, **options)")
+    try:
+        inspect.signature(create).bind(model_dir, **options)
+    except TypeError as e:
+        raise SeqkdError(f"engine {name}: {e}") from None
+    return create(model_dir, **options)

@@ -18,7 +18,8 @@ whichever run decodes it. So a sharded run merged equals the unsharded run, byte
 skips the chunks whose files exist, so a run killed at any moment (SIGKILL included) loses at most the chunk in
 flight, duplicates nothing, and produces the same corpus as an uninterrupted run. Sampling is seeded per chunk
 with a seed derived from ``(settings.seed, chunk index)`` (see :func:`chunk_seed`), so seeded samples do not depend
-on resumption or sharding either (with the HF engine: on the same machine, dtype and batch size, all recorded).
+on resumption or sharding either (HF engine: on the same kind of machine; its device, dtype and batch size are
+part of the manifest).
 
 **Manifest.** ``manifest.json`` records the teacher (path and sha256 of its weight, config and tokenizer files),
 the engine and its output-affecting options, the decoding settings, the tokenizer and prompt format, the seqkd
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from seqkd import __version__
-from seqkd.data import Example
+from seqkd.data import Example, sha256_file
 from seqkd.engines import DecodeSettings, Engine
 from seqkd.errors import DataError, SeqkdError
 
@@ -142,21 +143,13 @@ def _dumps(record: dict) -> str:
 
 
 # --- manifest --------------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def teacher_files(model_dir: str | os.PathLike) -> dict[str, str]:
     """sha256 of the files that decide a local teacher's outputs: weights (``*.safetensors``, ``pytorch_model*.bin``,
     ``*.gguf``), the JSON configs (model, generation, tokenizer) and sentencepiece models, at the top level and in
     ``source_tokenizer/``. Empty for a hub id."""
     p = Path(model_dir)
     if p.is_file():
-        return {p.name: _sha256(p)}
+        return {p.name: sha256_file(p)}
     if not p.is_dir():
         return {}
     out = {}
@@ -167,7 +160,7 @@ def teacher_files(model_dir: str | os.PathLike) -> dict[str, str]:
             keep = f.suffix in (".safetensors", ".gguf", ".json", ".model") or (
                 f.name.startswith("pytorch_model") and f.suffix == ".bin")
             if f.is_file() and keep and f.name != "train_summary.json":
-                out[str(f.relative_to(p))] = _sha256(f)
+                out[str(f.relative_to(p))] = sha256_file(f)
     return out
 
 
@@ -201,7 +194,7 @@ def build_manifest(
         "tokenizer": engine.codec.describe(),
         "input": {
             "path": str(inp.resolve()) if inp is not None else None,
-            "sha256": _sha256(inp) if inp is not None and inp.is_file() else None,
+            "sha256": sha256_file(inp) if inp is not None and inp.is_file() else None,
             "examples": len(examples),
             "content_sha256": _examples_sha256(examples),
         },
@@ -277,6 +270,8 @@ def _remove_corpus(out: Path) -> None:
 
 def _prepare_out_dir(out: Path, manifest: dict, overwrite: bool) -> None:
     mpath = out / MANIFEST
+    if out.exists() and not out.is_dir():
+        raise SeqkdError(f"{out} is a file; the corpus output must be a directory")
     out.mkdir(parents=True, exist_ok=True)
     if mpath.is_file():
         try:

@@ -8,6 +8,7 @@ indices in the input, so skipped lines leave gaps and ids always point back to t
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import tempfile
@@ -45,6 +46,15 @@ class ReadStats:
             f"{self.path}: {self.lines} lines, {self.kept} kept, "
             f"{self.skipped_empty} skipped (empty), {self.truncated} truncated"
         )
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _base_suffix(path: Path) -> str:

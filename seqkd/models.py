@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 
+from seqkd.data import sha256_file
 from seqkd.errors import SeqkdError
 
 # --- presets ---------------------------------------------------------------------------------------------------------
@@ -384,14 +384,6 @@ def _check_vocab(model, src, tgt) -> None:
 
 
 # --- GGUF ------------------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_gguf(gguf_path: Path):
     """(model, tokenizer) loaded by transformers from a .gguf file, dequantised to float32."""
     from transformers import AutoTokenizer
@@ -416,7 +408,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     out = Path(out_dir).expanduser()
     if not src.is_file():
         raise SeqkdError(f"GGUF file not found: {src}")
-    digest = _sha256(src)
+    digest = sha256_file(src)
     marker = out / _GGUF_MARKER
     if marker.is_file():
         try:

@@ -34,20 +34,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _FLOOR = torch.finfo(torch.float32).min  # -inf log-probs are stored as this (JSON has no -inf)
 
 
-def create(
-    model_dir: str,
-    *,
-    device: str = "cpu",
-    dtype: str = "float32",
-    batch_size: int = 32,
-    prompt_format: str = "auto",
-    max_source_len: int = 256,
-    trust_remote_code: bool = False,
-) -> "HFEngine":
-    return HFEngine(model_dir, device=device, dtype=dtype, batch_size=batch_size, prompt_format=prompt_format,
-                    max_source_len=max_source_len, trust_remote_code=trust_remote_code)
-
-
 class HFEngine:
     """A teacher loaded with transformers. ``batch_size`` counts prompts per ``generate`` call (beam search
     holds ``batch_size * beam_size`` hypotheses) and candidates per scoring pass."""
@@ -93,7 +79,8 @@ class HFEngine:
     def generate(self, prompts: list[list[int]], settings: DecodeSettings) -> list[list[Candidate]]:
         if not prompts:
             return []
-        vocab = self.model.get_output_embeddings().weight.shape[0]
+        head = self.model.get_output_embeddings()
+        vocab = head.weight.shape[0] if head is not None else self.model.config.vocab_size
         if settings.topk_logprobs > vocab:
             raise SeqkdError(f"topk_logprobs={settings.topk_logprobs} is more than the vocabulary ({vocab})")
         fmt = self.codec.fmt
@@ -214,3 +201,5 @@ def _f32_rows(t: torch.Tensor) -> list[list[float]]:
     a = t.detach().clamp(min=_FLOOR).cpu().numpy().astype(np.float32).astype(str)
     return [[float(s) for s in row] for row in a]
 
+
+create = HFEngine  # the factory seqkd.engines.get_engine calls: create(model_dir, **options)

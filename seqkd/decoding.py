@@ -151,18 +151,8 @@ def translate(
     """Translate ``sources``; returns one string per source (or a list of ``num_return_sequences``).
     An empty (or whitespace) source translates to ``""`` without being decoded."""
     keep = [i for i, s in enumerate(sources) if s.strip()]
-    if len(keep) < len(sources):
-        done = translate(model, src_tok, tgt_tok, [sources[i] for i in keep], beam_size=beam_size,
-                         num_return_sequences=num_return_sequences, do_sample=do_sample, temperature=temperature,
-                         top_p=top_p, top_k=top_k, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         max_source_len=max_source_len, max_len_ratio=max_len_ratio, progress=progress, seed=seed)
-        empty = "" if num_return_sequences == 1 else [""] * num_return_sequences
-        out = [empty] * len(sources)
-        for i, t in zip(keep, done):
-            out[i] = t
-        return out
     fmt = Format.from_tokenizer(family(model), tgt_tok)
-    src_ids = src_tok(list(sources), add_special_tokens=False)["input_ids"] if sources else []
+    src_ids = src_tok([sources[i] for i in keep], add_special_tokens=False)["input_ids"] if keep else []
     prompts = [fmt.prompt_ids(s[:max_source_len]) for s in src_ids]
     gen = generation_config(
         model, fmt, beam_size=beam_size, num_return_sequences=num_return_sequences, do_sample=do_sample,
@@ -170,7 +160,10 @@ def translate(
     )
     if seed is not None:
         torch.manual_seed(seed)
-    hyps = generate_ids(model, fmt, prompts, gen, batch_size=batch_size, max_len_ratio=max_len_ratio,
-                        progress=progress)
+    decoded = generate_ids(model, fmt, prompts, gen, batch_size=batch_size, max_len_ratio=max_len_ratio,
+                           progress=progress)
+    hyps: list[list[Hypothesis]] = [[Hypothesis(ids=[])] * num_return_sequences for _ in sources]
+    for i, hs in zip(keep, decoded):
+        hyps[i] = hs
     texts = [[tgt_tok.decode(h.ids, skip_special_tokens=True) for h in hs] for hs in hyps]
     return [t[0] for t in texts] if num_return_sequences == 1 else texts

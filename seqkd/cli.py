@@ -27,7 +27,8 @@ def _base_type(tp):
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
-    """One ``--flag`` per dataclass field (underscores become dashes), with the field's help text."""
+    """One ``--flag`` per dataclass field (underscores become dashes), with the field's help text (and
+    ``choices`` from its metadata). Use with ``argparse.ArgumentDefaultsHelpFormatter`` to show defaults."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -43,8 +44,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
                 parser.add_argument(flag, dest=f.name, action="store_true", help=help_)
         else:
             kw = {"required": True} if required else {"default": f.default}
-            default = "" if required else f" (default: {f.default})"
-            parser.add_argument(flag, dest=f.name, type=tp, help=help_ + default, **kw)
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(flag, dest=f.name, type=tp, help=help_, **kw)  # the formatter adds the default
 
 
 def dataclass_from_args(cls, ns: argparse.Namespace):
@@ -179,6 +181,99 @@ def cmd_eval(a) -> None:
               f"({s['sentences']} sentences in {s['seconds']:.1f}s)")
 
 
+def _read_examples(a):
+    """Examples to decode: a registered dataset split, a parallel corpus, or a prompt file (ids = 0-based lines)."""
+    from .data import Example, read_lines, read_parallel
+
+    if bool(a.data) == bool(a.input):
+        raise SeqkdError("give either --input FILE or --data NAME (a registered dataset, e.g. multi30k:de-en)")
+    if a.data:
+        from .datasets import parallel_files
+
+        src_path, tgt_path = parallel_files(a.data, a.split)
+        exs, _ = read_parallel(src_path, tgt_path, strict=True, max_chars=None)
+        path = src_path
+    elif a.target or a.input.endswith((".tsv", ".jsonl", ".tsv.gz", ".jsonl.gz")):
+        exs, _ = read_parallel(a.input, a.target)
+        path = a.input
+    else:
+        lines, _ = read_lines(a.input, keep_empty=True)
+        exs = [Example(i, t, None) for i, t in enumerate(lines) if t]
+        path = a.input
+    if a.limit is not None:
+        if a.limit < 1:
+            raise SeqkdError(f"--limit must be a positive integer, got {a.limit}")
+        exs = exs[: a.limit]
+    return exs, path
+
+
+def _engine_options(a) -> dict:
+    opts: dict = {"prompt_format": a.prompt_format, "max_source_len": a.max_source_len}
+    if a.dtype:
+        opts["dtype"] = a.dtype
+    if a.engine == "hf":
+        opts.update(device=a.device, batch_size=a.batch_size)
+        if a.tensor_parallel_size != 1 or a.engine_arg:
+            raise SeqkdError("--tensor-parallel-size and --engine-arg are options of --engine vllm")
+    else:
+        engine_args = {}
+        for kv in a.engine_arg:
+            key, sep, value = kv.partition("=")
+            if not sep or not key:
+                raise SeqkdError(f"--engine-arg takes KEY=VALUE, got {kv!r}")
+            try:
+                engine_args[key] = json.loads(value)
+            except json.JSONDecodeError:
+                engine_args[key] = value
+        opts.update(tensor_parallel_size=a.tensor_parallel_size, engine_args=engine_args)
+    return opts
+
+
+def cmd_generate(a) -> None:
+    from .corpus import format_summary, generate_corpus
+    from .engines import DecodeSettings, get_engine
+
+    settings = dataclass_from_args(DecodeSettings, a)
+    examples, path = _read_examples(a)
+    if not examples:
+        raise SeqkdError(f"nothing to decode: {a.input or a.data} has no non-empty lines")
+    engine = get_engine(a.engine, a.teacher, **_engine_options(a))
+    try:
+        summary = generate_corpus(engine, examples, a.out, settings, shard=a.shard, chunk_size=a.chunk_size,
+                                  overwrite=a.overwrite, progress=True, input_path=path, merge=not a.no_merge,
+                                  manifest_extra={"command": sys.argv[1:] if a.record_argv else None,
+                                                  "data": a.data, "split": a.split if a.data else None})
+    finally:
+        engine.close()
+    print(format_summary(summary))
+
+
+def cmd_merge(a) -> None:
+    from .corpus import merge_corpus, read_manifest
+
+    path = merge_corpus(a.corpus)
+    m = read_manifest(a.corpus)["merged"]
+    print(f"{path}: {m}")
+
+
+def cmd_select(a) -> None:
+    from .corpus import read_corpus
+    from .data import read_lines
+    from .select import select, write_training_data
+
+    refs = read_lines(a.references, keep_empty=True)[0] if a.references else None
+    examples = select(read_corpus(a.corpus), a.strategy, a.metric, references=refs)
+    write_training_data(examples, a.out)
+    line = f"{len(examples)} training examples ({a.strategy}) -> {a.out}"
+    pairs = [(ex["target"], refs[ex["id"]] if refs is not None else ex.get("reference")) for ex in examples
+             if a.strategy != "all"]
+    if pairs and all(r is not None for _, r in pairs):
+        from .evaluate import score
+
+        line += f"; {score([h for h, _ in pairs], [r for _, r in pairs])}"
+    print(line)
+
+
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -263,6 +358,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_decode_args(p)
     p.set_defaults(func=cmd_eval)
+
+    from .engines import DecodeSettings
+
+    p = sub.add_parser("generate", help="a teacher decodes a corpus into a distillation corpus (resumable, shardable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", required=True, help="teacher model directory (model + tokenizer)")
+    p.add_argument("--input", help="source file (with --target, or .tsv/.jsonl: a parallel corpus) or prompt file")
+    p.add_argument("--target", help="reference file aligned with --input (kept in the corpus for seq-inter)")
+    p.add_argument("--data", help="a registered parallel dataset instead of --input (e.g. multi30k:de-en)")
+    p.add_argument("--split", default="train", help="split of --data (train, val, test_2016_flickr)")
+    p.add_argument("--limit", type=int, default=None, help="decode only the first N examples")
+    p.add_argument("--out", required=True, help="corpus directory (manifest, shards, corpus.jsonl)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="decoding engine")
+    add_dataclass_args(p, DecodeSettings)
+    p.add_argument("--shard", default="0/1", help="this worker's shard i/N (chunk c goes to shard c %% N)")
+    p.add_argument("--chunk-size", type=int, default=64, help="examples per chunk (the unit of resumption)")
+    p.add_argument("--overwrite", action="store_true", help="replace a corpus made with different settings")
+    p.add_argument("--no-merge", action="store_true", help="do not write corpus.jsonl when all shards are done")
+    p.add_argument("--prompt-format", default="auto", choices=["auto", "translation", "plain"],
+                   help="translation: seqkd's format; plain: the text with the tokenizer's own specials")
+    p.add_argument("--max-source-len", type=int, default=256, help="sources are cut to this many tokens")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (vllm also: auto); default: engine's")
+    p.add_argument("--device", default="cpu", help="hf engine: cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=32, help="hf engine: prompts per generate call")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model replica")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="vllm engine: any vllm.LLM argument (VALUE parsed as JSON if it can be), repeatable")
+    p.set_defaults(func=cmd_generate, record_argv=True)
+
+    p = sub.add_parser("merge", help="check that every shard of a corpus is complete and write corpus.jsonl")
+    p.add_argument("--corpus", required=True, help="corpus directory")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("select", help="turn a corpus into student training data (top, seq-inter, all)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--corpus", required=True, help="corpus directory or corpus.jsonl")
+    p.add_argument("--strategy", choices=["top", "seq-inter", "all"], default="top",
+                   help="top: teacher's best; seq-inter: n-best closest to the reference; all: every hypothesis, "
+                        "weighted by its teacher probability")
+    p.add_argument("--metric", choices=["bleu", "chrf"], default="bleu", help="sentence metric for seq-inter")
+    p.add_argument("--references", help="reference file (line i = id i) instead of the corpus's references")
+    p.add_argument("--out", required=True, help="training data file (JSONL)")
+    p.set_defaults(func=cmd_select)
     return parser
 
 

@@ -47,17 +47,20 @@ class DecodeSettings:
     a hypothesis scores ``logprob / length ** length_penalty``).
     """
 
-    mode: str = "beam"
-    beam_size: int = 5
-    nbest: int = 1
-    num_samples: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 128
-    topk_logprobs: int = 0
-    seed: int = 0
-    length_penalty: float = 1.0
+    mode: str = field(default="beam", metadata={"help": "beam (n-best of beam search), sample or greedy",
+                                                        "choices": MODES})
+    beam_size: int = field(default=5, metadata={"help": "beams (mode beam)"})
+    nbest: int = field(default=1, metadata={"help": "hypotheses kept per source, best first (mode beam; <= beam size)"})
+    num_samples: int = field(default=1, metadata={"help": "samples per source (mode sample)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (mode sample)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold (mode sample; 1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (mode sample; 0 = off)"})
+    max_new_tokens: int = field(default=128, metadata={"help": "longest hypothesis, in tokens (eos included)"})
+    topk_logprobs: int = field(default=0, metadata={
+        "help": "store the teacher's top-k token ids and log-probs at every generated position (0 = off)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed (each chunk of the corpus derives its own)"})
+    length_penalty: float = field(default=1.0, metadata={
+        "help": "beam ranking: a hypothesis scores logprob / length ** length_penalty"})
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> SeqkdError:

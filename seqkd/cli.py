@@ -241,7 +241,7 @@ def cmd_generate(a) -> None:
     try:
         summary = generate_corpus(engine, examples, a.out, settings, shard=a.shard, chunk_size=a.chunk_size,
                                   overwrite=a.overwrite, progress=True, input_path=path, merge=not a.no_merge,
-                                  manifest_extra={"command": sys.argv[1:] if a.record_argv else None,
+                                  manifest_extra={"command": a.argv,
                                                   "data": a.data, "split": a.split if a.data else None})
     finally:
         engine.close()
@@ -265,8 +265,7 @@ def cmd_select(a) -> None:
     examples = select(read_corpus(a.corpus), a.strategy, a.metric, references=refs)
     write_training_data(examples, a.out)
     line = f"{len(examples)} training examples ({a.strategy}) -> {a.out}"
-    pairs = [(ex["target"], refs[ex["id"]] if refs is not None else ex.get("reference")) for ex in examples
-             if a.strategy != "all"]
+    pairs = [(ex["target"], ex["reference"]) for ex in examples if a.strategy != "all"]
     if pairs and all(r is not None for _, r in pairs):
         from .evaluate import score
 
@@ -385,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm engine: GPUs per model replica")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="vllm engine: any vllm.LLM argument (VALUE parsed as JSON if it can be), repeatable")
-    p.set_defaults(func=cmd_generate, record_argv=True)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("merge", help="check that every shard of a corpus is complete and write corpus.jsonl")
     p.add_argument("--corpus", required=True, help="corpus directory")
@@ -414,6 +413,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = [str(x) for x in (sys.argv[1:] if argv is None else argv)]  # recorded in corpus manifests
     _quiet_libraries()
     try:
         args.func(args)

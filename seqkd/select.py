@@ -13,7 +13,8 @@ Strategies, per corpus record (one source and its teacher hypotheses, best first
   example, weighted by its teacher probability renormalised over the distinct hypotheses of the record:
   ``softmax(logprob)``. A record's weights sum to 1.
 
-Each training example is a dict: ``id`` (the record's), ``source``, ``target`` (the hypothesis text), ``weight``,
+Each training example is a dict: ``id`` (the record's), ``source``, ``target`` (the hypothesis text), ``reference``
+(the human reference, or None; the student trainer can mix it in), ``weight``,
 ``rank`` (the hypothesis's index in the record), ``token_ids`` (the teacher's target ids, eos included when
 ``finished``), ``logprob``, ``norm_logprob``, ``finished``, and, when the corpus has them, ``token_logprobs``,
 ``topk_ids`` and ``topk_logprobs`` (for offline token-level KD); ``seq-inter`` adds ``score`` (the sentence metric).
@@ -49,12 +50,13 @@ def sentence_metric(metric: str):
     return lambda hyp, ref: m.sentence_score(hyp, [ref]).score
 
 
-def _example(rec: dict, rank: int, weight: float) -> dict[str, Any]:
+def _example(rec: dict, rank: int, weight: float, reference: str | None) -> dict[str, Any]:
     h = rec["hypotheses"][rank]
     ex: dict[str, Any] = {
         "id": rec["id"],
         "source": rec["source"],
         "target": h["text"],
+        "reference": reference,
         "weight": weight,
         "rank": rank,
         "token_ids": h["token_ids"],
@@ -97,16 +99,16 @@ def select(
         hyps = rec.get("hypotheses") or []
         if not hyps:
             raise SeqkdError(f"record id {rec.get('id')} has no hypotheses")
+        ref = _reference(rec, references)
         if strategy == "top":
-            out.append(_example(rec, 0, 1.0))
+            out.append(_example(rec, 0, 1.0, ref))
         elif strategy == "seq-inter":
-            ref = _reference(rec, references)
             if ref is None:
                 raise SeqkdError(f"seq-inter needs a reference for every record; id {rec['id']} has none "
                                  "(decode a parallel corpus, or give the references)")
             scores = [score(h["text"], ref) for h in hyps]
             best = max(range(len(hyps)), key=lambda k: (scores[k], -k))  # ties: the better-ranked hypothesis
-            ex = _example(rec, best, 1.0)
+            ex = _example(rec, best, 1.0, ref)
             ex["score"] = scores[best]
             out.append(ex)
         else:
@@ -121,7 +123,7 @@ def select(
             top = max(lps)
             z = math.fsum(math.exp(lp - top) for lp in lps)
             for k, lp in zip(keep, lps):
-                out.append(_example(rec, k, math.exp(lp - top) / z))
+                out.append(_example(rec, k, math.exp(lp - top) / z, ref))
     return out
 
 

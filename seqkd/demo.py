@@ -1,7 +1,8 @@
 """The main job on an embedded default (no downloads): the built-in synthetic task end to end.
 
-Today: train a small teacher, decode the held-out test set, print BLEU. Each later stage of seqkd
-(corpus, student, draft) appends its step here.
+Today: train a small teacher, decode the held-out test set, print BLEU; the teacher decodes a distillation
+corpus (beam n-best with top-k log-probs) and seq-KD / seq-inter select the student's training data. Each later
+stage of seqkd (student, draft) appends its step here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     out = Path(out)
     t0 = time.perf_counter()
     steps = 300 if quick else 1200
-    print(f"[1/2] teacher: marian-tiny on the built-in synthetic task ({steps} steps)")
+    print(f"[1/3] teacher: marian-tiny on the built-in synthetic task ({steps} steps)")
     cfg = TrainConfig(
         out=str(out / "teacher"), model="marian-tiny", data="synthetic", synthetic_size=4000 if quick else 20000,
         synthetic_multimodality=0.3, vocab_size=256, max_steps=steps, lr=3e-3, warmup_steps=100,
@@ -35,12 +36,42 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     src_tok, tgt_tok = load_tokenizers(cfg.out)
     print(f"      {describe(model)}; {summary['train_tokens_per_s'] or 0:.0f} training tokens/s")
 
-    print("[2/2] evaluate the teacher on a held-out synthetic test set (greedy)")
+    print("[2/3] evaluate the teacher on a held-out synthetic test set (greedy)")
     test_src, test_ref = synthetic_pairs(300, seed=seed + 20_000, multimodality=0.0)
     hyps, speed = timed_translate(model, src_tok, tgt_tok, test_src, batch_size=100, max_new_tokens=64)
     s = score(hyps, test_ref)
     print(f"      teacher BLEU {s.bleu:.2f}  chrF {s.chrf:.2f}  ({speed.words_per_s:.0f} words/s)")
     print(f"      {s.bleu_signature}")
     print(f"      example: {test_src[0]!r} -> {hyps[0]!r} (reference {test_ref[0]!r})")
-    print(f"done in {time.perf_counter() - t0:.0f}s; models and logs under {out}")
-    return {"teacher_bleu": s.bleu, "teacher_chrf": s.chrf, "teacher_words_per_s": speed.words_per_s}
+    result = {"teacher_bleu": s.bleu, "teacher_chrf": s.chrf, "teacher_words_per_s": speed.words_per_s}
+    result.update(_corpus_step(cfg.out, out / "corpus", n=400 if quick else 2000, seed=seed))
+    print(f"done in {time.perf_counter() - t0:.0f}s; models, corpus and logs under {out}")
+    return result
+
+
+def _corpus_step(teacher: str, out: Path, *, n: int, seed: int) -> dict:
+    """The teacher decodes fresh synthetic sources into a corpus; top and seq-inter select training data."""
+    from .corpus import format_summary, generate_corpus, read_corpus
+    from .data import Example
+    from .engines import DecodeSettings, get_engine
+    from .evaluate import score
+    from .select import select, write_training_data
+    from .synthetic import synthetic_pairs
+
+    settings = DecodeSettings(mode="beam", beam_size=4, nbest=4, max_new_tokens=64, topk_logprobs=8)
+    print(f"[3/3] distillation corpus: the teacher decodes {n} sources (beam 4, 4-best, top-8 log-probs)")
+    srcs, refs = synthetic_pairs(n, seed=seed + 10_000, multimodality=0.3)
+    engine = get_engine("hf", teacher, batch_size=100)
+    summary = generate_corpus(engine, [Example(i, a, b) for i, (a, b) in enumerate(zip(srcs, refs))], out,
+                              settings, chunk_size=500, overwrite=True, progress=False)
+    engine.close()
+    print(f"      {format_summary(summary)}")
+    result = {"corpus_sentences": summary["sentences"], "corpus_sentences_per_s": summary["sentences_per_s"]}
+    for strategy in ("top", "seq-inter"):
+        examples = select(read_corpus(out), strategy)
+        write_training_data(examples, out / f"train.{strategy}.jsonl")
+        sc = score([e["target"] for e in examples], [e["reference"] for e in examples])
+        print(f"      {strategy:9s}: {len(examples)} training examples, BLEU {sc.bleu:.2f} against the references"
+              f" -> {out / f'train.{strategy}.jsonl'}")
+        result[f"{strategy}_bleu"] = sc.bleu
+    return result

@@ -273,6 +273,18 @@ def cmd_select(a) -> None:
     print(line)
 
 
+def cmd_distill(a) -> None:
+    from .distill import distill
+    from .distill_config import DistillConfig
+
+    summary = distill(dataclass_from_args(DistillConfig, a))
+    best = summary.get("best_metric")
+    print(f"distilled {summary['steps']} steps in {summary['seconds']:.0f}s "
+          f"({summary['train_tokens_per_s'] or 0:.0f} tokens/s, on-policy fraction "
+          f"{summary['onpolicy_fraction']:.2f}); student: {a.out}"
+          + (f"; best validation {best:.2f}" if best is not None else ""))
+
+
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -342,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(func=cmd_train)
 
+    from .distill_config import DistillConfig
+
+    p = sub.add_parser("distill", help="train a student from a teacher: seq-KD, word-KD (online / offline top-k), "
+                       "on-policy", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_args(p, DistillConfig)
+    p.set_defaults(func=cmd_distill)
+
     p = sub.add_parser("translate", help="translate a file with a trained model")
     p.add_argument("--model", required=True, help="model directory (model + tokenizer)")
     p.add_argument("--input", required=True, help="source file, one sentence per line")
@@ -375,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=64, help="examples per chunk (the unit of resumption)")
     p.add_argument("--overwrite", action="store_true", help="replace a corpus made with different settings")
     p.add_argument("--no-merge", action="store_true", help="do not write corpus.jsonl when all shards are done")
-    p.add_argument("--prompt-format", default="auto", choices=["auto", "translation", "plain"],
-                   help="translation: seqkd's format; plain: the text with the tokenizer's own specials")
+    p.add_argument("--prompt-format", default="auto", choices=["auto", "translation", "plain", "chat"],
+                   help="translation: seqkd's format; plain: the text with the tokenizer's own specials; chat: the "
+                        "text as a user turn of the tokenizer's chat template")
     p.add_argument("--max-source-len", type=int, default=256, help="sources are cut to this many tokens")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (vllm also: auto); default: engine's")
     p.add_argument("--device", default="cpu", help="hf engine: cpu, cuda, cuda:1, ...")

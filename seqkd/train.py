@@ -28,6 +28,9 @@ from .errors import SeqkdError
 from .translation import IGNORE_INDEX, Format
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "decoder_input_ids")
+
+
 class ListDataset(Dataset):
     def __init__(self, examples: list[dict]):
         self.examples = examples
@@ -78,7 +81,7 @@ class SeqkdTrainer(Trainer):
     def forward_logits(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Run the model; return logits at real target positions ``[N, V]``, their targets ``[N]``, outputs."""
         labels = inputs["labels"]
-        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})  # batches may carry more (top-k, ...)
         logits = outputs.logits
         if self.fmt.family == "causal":  # position t predicts token t+1
             logits, labels = logits[:, :-1], labels[:, 1:]
@@ -243,7 +246,7 @@ def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path | N
 
 
 def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, trainer_cls=SeqkdTrainer,
-                 **trainer_kw) -> SeqkdTrainer:
+                 collator_cls=None, **trainer_kw) -> SeqkdTrainer:
     """Build the trainer for prepared examples. ``valid`` is ``(examples, sources, references)`` or None."""
     from .decoding import translate
     from .evaluate import score
@@ -268,7 +271,7 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
         args=training_arguments(cfg, has_valid=valid is not None, metric=metric),
         train_dataset=ListDataset(train_ex),
         eval_dataset=ListDataset(valid[0]) if valid is not None else None,
-        data_collator=Collator(fmt.pad_id, decoder_start_id=model.config.decoder_start_token_id
+        data_collator=(collator_cls or Collator)(fmt.pad_id, decoder_start_id=model.config.decoder_start_token_id
                                if fmt.family == "seq2seq" else None),
         processing_class=tgt_tok,
         fmt=fmt,

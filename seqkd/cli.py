@@ -278,6 +278,8 @@ def cmd_distill(a) -> None:
     from .distill_config import DistillConfig
 
     summary = distill(dataclass_from_args(DistillConfig, a))
+    if not summary.get("is_main_process", True):
+        return
     best = summary.get("best_metric")
     print(f"distilled {summary['steps']} steps in {summary['seconds']:.0f}s "
           f"({summary['train_tokens_per_s'] or 0:.0f} tokens/s, on-policy fraction "

@@ -1,8 +1,10 @@
 """The main job on an embedded default (no downloads): the built-in synthetic task end to end.
 
 Today: train a small teacher, decode the held-out test set, print BLEU; the teacher decodes a distillation
-corpus (beam n-best with top-k log-probs) and seq-KD / seq-inter select the student's training data. Each later
-stage of seqkd (student, draft) appends its step here.
+corpus (beam n-best with top-k log-probs) and seq-KD / seq-inter select the student's training data; a smaller
+student is trained on the references (baseline) and distilled from the corpus (seq-KD + word-KD), and the three
+are compared (BLEU, words/s). The next stage of seqkd (the student as a speculative-decoding draft) appends its
+step here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     out = Path(out)
     t0 = time.perf_counter()
     steps = 300 if quick else 1200
-    print(f"[1/3] teacher: marian-tiny on the built-in synthetic task ({steps} steps)")
+    print(f"[1/4] teacher: marian-tiny on the built-in synthetic task ({steps} steps)")
     cfg = TrainConfig(
         out=str(out / "teacher"), model="marian-tiny", data="synthetic", synthetic_size=4000 if quick else 20000,
         synthetic_multimodality=0.3, vocab_size=256, max_steps=steps, lr=3e-3, warmup_steps=100,
@@ -36,7 +38,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     src_tok, tgt_tok = load_tokenizers(cfg.out)
     print(f"      {describe(model)}; {summary['train_tokens_per_s'] or 0:.0f} training tokens/s")
 
-    print("[2/3] evaluate the teacher on a held-out synthetic test set (greedy)")
+    print("[2/4] evaluate the teacher on a held-out synthetic test set (greedy)")
     test_src, test_ref = synthetic_pairs(300, seed=seed + 20_000, multimodality=0.0)
     hyps, speed = timed_translate(model, src_tok, tgt_tok, test_src, batch_size=100, max_new_tokens=64)
     s = score(hyps, test_ref)
@@ -45,6 +47,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     print(f"      example: {test_src[0]!r} -> {hyps[0]!r} (reference {test_ref[0]!r})")
     result = {"teacher_bleu": s.bleu, "teacher_chrf": s.chrf, "teacher_words_per_s": speed.words_per_s}
     result.update(_corpus_step(cfg.out, out / "corpus", n=400 if quick else 2000, seed=seed))
+    result.update(_student_step(cfg.out, out, (test_src, test_ref), s.bleu, speed.words_per_s,
+                                steps=300 if quick else 1200, seed=seed))
     print(f"done in {time.perf_counter() - t0:.0f}s; models, corpus and logs under {out}")
     return result
 
@@ -59,7 +63,7 @@ def _corpus_step(teacher: str, out: Path, *, n: int, seed: int) -> dict:
     from .synthetic import synthetic_pairs
 
     settings = DecodeSettings(mode="beam", beam_size=4, nbest=4, max_new_tokens=64, topk_logprobs=8)
-    print(f"[3/3] distillation corpus: the teacher decodes {n} sources (beam 4, 4-best, top-8 log-probs)")
+    print(f"[3/4] distillation corpus: the teacher decodes {n} sources (beam 4, 4-best, top-8 log-probs)")
     srcs, refs = synthetic_pairs(n, seed=seed + 10_000, multimodality=0.3)
     engine = get_engine("hf", teacher, batch_size=100)
     summary = generate_corpus(engine, [Example(i, a, b) for i, (a, b) in enumerate(zip(srcs, refs))], out,
@@ -75,3 +79,40 @@ def _corpus_step(teacher: str, out: Path, *, n: int, seed: int) -> dict:
               f" -> {out / f'train.{strategy}.jsonl'}")
         result[f"{strategy}_bleu"] = sc.bleu
     return result
+
+
+def _student_step(teacher: str, out: Path, test: tuple[list[str], list[str]], teacher_bleu: float,
+                  teacher_wps: float, *, steps: int, seed: int) -> dict:
+    """A baseline student (references, CE) and a distilled one (teacher's top outputs, CE + online forward KL),
+    same preset and steps; both scored beside the teacher."""
+    from .distill import distill
+    from .distill_config import DistillConfig
+    from .evaluate import score, timed_translate
+    from .models import describe, load_model
+    from .tokenizer import load_tokenizers
+
+    print(f"[4/4] students: marian-tiny-student, {steps} steps each: baseline (references, CE) vs distilled "
+          "(teacher outputs, CE + forward KL)")
+    common = dict(model="marian-tiny-student", teacher=teacher, max_steps=steps, lr=3e-3, warmup_steps=100,
+                  max_tokens=2048, eval_steps=0, bleu_samples=0, logging_steps=50, label_smoothing=0.0,
+                  overwrite=True, progress=False, seed=seed)
+    corpus = out / "corpus"
+    runs = {
+        "baseline": DistillConfig(out=str(out / "student-baseline"), train_source=str(corpus / "train.top.jsonl"),
+                                  targets="reference", kd_mode="none", kd_weight=0.0, **common),
+        "distilled": DistillConfig(out=str(out / "student-distilled"), train_source=str(corpus / "train.top.jsonl"),
+                                   targets="teacher", kd_mode="online", kd_weight=0.5, **common),
+    }
+    rows = {"teacher": (teacher_bleu, teacher_wps)}
+    for name, cfg in runs.items():
+        distill(cfg)
+        model = load_model(cfg.out)
+        src_tok, tgt_tok = load_tokenizers(cfg.out)
+        hyps, speed = timed_translate(model, src_tok, tgt_tok, test[0], batch_size=100, max_new_tokens=64)
+        rows[name] = (score(hyps, test[1]).bleu, speed.words_per_s)
+    print(f"      {describe(model)}")
+    print("      model       BLEU   words/s")
+    for name, (bleu, wps) in rows.items():
+        print(f"      {name:10s} {bleu:6.2f}  {wps:7.0f}")
+    return {"baseline_bleu": rows["baseline"][0], "distilled_bleu": rows["distilled"][0],
+            "student_words_per_s": rows["distilled"][1]}

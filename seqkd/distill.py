@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import losses
 from .distill_config import DistillConfig
 from .errors import DataError, SeqkdError
-from .train import SeqkdTrainer, check_out_dir, finish, latest_checkpoint, make_trainer
+from .train import SeqkdTrainer, check_out_dir, finish, latest_checkpoint, make_trainer, run_state
 from .translation import IGNORE_INDEX, Collator, Format
 
 # --- data ------------------------------------------------------------------------------------------------------------
@@ -237,12 +237,15 @@ class DistillTrainer(SeqkdTrainer):
             else:
                 raise SeqkdError(f"kd_weight > 0 needs a teacher (kd_mode={cfg.kd_mode})")
             temp = cfg.kd_temperature
-            if cfg.loss_chunk_size:
-                d = losses.chunked(self.divergence, logits, teacher, None, chunk_size=cfg.loss_chunk_size,
-                                   temperature=temp, reduction="none", **self.div_params)
+            if cfg.loss_chunk_size and bool((tok_w == 1).all()):
+                # unweighted: the chunked path that computes its gradients in the forward (no recomputation)
+                d_sum = losses.chunked(self.divergence, logits, teacher, None, chunk_size=cfg.loss_chunk_size,
+                                       temperature=temp, reduction="sum", **self.div_params)
             else:
-                d = self.divergence(logits, teacher, None, temperature=temp, reduction="none", **self.div_params)
-            d_sum = (d * tok_w).sum()
+                fn = (lambda *a, **k: losses.chunked(self.divergence, *a, chunk_size=cfg.loss_chunk_size, **k)) \
+                    if cfg.loss_chunk_size else self.divergence
+                d = fn(logits, teacher, None, temperature=temp, reduction="none", **self.div_params)
+                d_sum = (d * tok_w).sum()
             terms["kd"] = w * temp * temp * d_sum
             if model.training:
                 self._term_sums["divergence"] += float(d_sum.detach())
@@ -266,7 +269,6 @@ def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, di
     Returns ``(trainer, checkpoint to resume from or None, data stats)``."""
     import dataclasses
 
-    from accelerate import PartialState
     from transformers import set_seed
 
     from .models import family, load_model
@@ -275,7 +277,7 @@ def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, di
     from .tokenizer import load_tokenizers
     from .translation import encode_pairs
 
-    state = PartialState()
+    state = run_state()
     check_model_name(cfg.model)
     if not Path(cfg.teacher).is_dir():
         raise SeqkdError(f"--teacher {cfg.teacher}: not a model directory")
@@ -342,6 +344,7 @@ def distill(cfg: DistillConfig) -> dict:
     summary = finish(trainer, cfg, trainer.src_tok, trainer.tgt_tok, started)
     summary["data"] = stats
     summary["onpolicy_fraction"] = trainer._onpolicy / trainer._batches if trainer._batches else 0.0
+    summary["is_main_process"] = trainer.accelerator.is_main_process
     if trainer.accelerator.is_main_process:
         (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

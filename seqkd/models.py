@@ -56,6 +56,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 2,
         "intermediate_size": 128,
     },
+    # llama-tiny-student: llama-tiny with 1 layer (tests' students and drafts)
+    "llama-tiny-student": {
+        **_LLAMA_COMMON,
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+    },
     # llama-student: 4.1M params; 2 layers of d 256, also the shape of a fast speculative-decoding draft
     "llama-student": {
         **_LLAMA_COMMON,
@@ -80,6 +89,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "d_model": 64,
         "encoder_layers": 2,
         "decoder_layers": 2,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+        "encoder_ffn_dim": 128,
+        "decoder_ffn_dim": 128,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+    },
+    # marian-tiny-student: marian-tiny with a 1-layer decoder (the demo's student, tests' drafts)
+    "marian-tiny-student": {
+        **_MARIAN_COMMON,
+        "d_model": 64,
+        "encoder_layers": 2,
+        "decoder_layers": 1,
         "encoder_attention_heads": 2,
         "decoder_attention_heads": 2,
         "encoder_ffn_dim": 128,

@@ -324,15 +324,23 @@ def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
     }
 
 
+def run_state():
+    """The launch's process group as accelerate sees it, known before the Trainer exists (so the main process can
+    prepare the run first). ``ACCELERATE_USE_CPU`` must be honoured here too, or every CPU rank thinks it is main."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train a translation model as ``cfg`` says; returns the summary written to ``out/train_summary.json``."""
-    from accelerate import PartialState
     from transformers import set_seed
 
     from .prepare import prepare_run
 
     started = time.perf_counter()
-    state = PartialState()
+    state = run_state()
     # Under torchrun / accelerate launch, the main process checks --out and trains the tokenizer first; the
     # others then find the tokenizer in place and reuse it.
     with state.main_process_first():

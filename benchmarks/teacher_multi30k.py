@@ -62,13 +62,13 @@ def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
     return out, summary
 
 
-def score_model(model_dir: Path, tests: list[tuple[str, str]], batch_size: int) -> list[dict]:
+def score_model(model_dir: Path, tests: list[tuple[str, str]], batch_size: int, device: str = "cpu") -> list[dict]:
     from seqkd.data import read_lines
     from seqkd.evaluate import score, timed_translate
     from seqkd.models import load_model
     from seqkd.tokenizer import load_tokenizers
 
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=device)
     src_tok, tgt_tok = load_tokenizers(model_dir)
     rows = []
     for src_file, ref_file in tests:

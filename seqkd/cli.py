@@ -287,6 +287,42 @@ def cmd_distill(a) -> None:
           + (f"; best validation {best:.2f}" if best is not None else ""))
 
 
+def cmd_speculate(a) -> None:
+    from .speculate import SpeculateConfig, speculate
+
+    r = speculate(dataclass_from_args(SpeculateConfig, a))
+    print(format_spec_report(r))
+
+
+def cmd_align(a) -> None:
+    from .align import AlignConfig, align
+
+    r = align(dataclass_from_args(AlignConfig, a))
+    b, f = r["before"], r["after"]
+    print(f"aligned draft: {a.out} ({r['train']['steps']} steps, {r['train']['seconds']:.0f}s, data {a.data}, "
+          f"divergence {a.divergence}" + (f", select fraction {a.select_fraction}" if a.select_fraction < 1 else "")
+          + ")")
+    for name, m in (("before", b), ("after", f)):
+        print(f"  {name:6s} acceptance {m['acceptance_rate']:.3f}  per-token {m['verified_acceptance_rate']:.3f}  "
+              f"block efficiency {m['block_efficiency']:.2f}  speedup {m['speedup']:.2f}x")
+
+
+def format_spec_report(r: dict) -> str:
+    """A few lines: acceptance, block efficiency, speeds and speedup (and the bound where measured)."""
+    lines = [f"{r['engine']}: {r['prompts']} prompts, gamma {r['gamma']}, temperature {r['temperature']}",
+             f"  acceptance rate {r['acceptance_rate']:.3f}   block efficiency {r['block_efficiency']:.2f} "
+             "tokens/target call"]
+    if "verified_acceptance_rate" in r:
+        lines.append(f"  per-token acceptance {r['verified_acceptance_rate']:.3f} (1 - TVD on the same contexts "
+                     f"{r['analytic_acceptance']:.3f})   cost ratio c {r['cost_ratio']:.3f}")
+    if r.get("per_position_acceptance"):
+        lines.append("  per position: " + " ".join(f"{x:.2f}" for x in r["per_position_acceptance"]))
+    lines.append(f"  target-only {r['target_only_tokens_per_s']:.1f} tok/s   speculative "
+                 f"{r['speculative_tokens_per_s']:.1f} tok/s   speedup {r['speedup']:.2f}x"
+                 + (f"   (Leviathan bound {r['leviathan_bound']:.2f}x)" if r.get("leviathan_bound") else ""))
+    return "\n".join(lines)
+
+
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -357,11 +393,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     from .distill_config import DistillConfig
+    from .speculate import SpeculateConfig
 
     p = sub.add_parser("distill", help="train a student from a teacher: seq-KD, word-KD (online / offline top-k), "
                        "on-policy", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_args(p, DistillConfig)
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("speculate", help="speculative decoding with a draft: acceptance, block efficiency, speedup "
+                       "(seqkd's exact decoder, HF assisted generation, or vLLM)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_args(p, SpeculateConfig)
+    p.set_defaults(func=cmd_speculate)
+
+    from .align import AlignConfig
+
+    p = sub.add_parser("align", help="DistillSpec: align a draft to its target (on-policy / target / fixed data, "
+                       "TVD / KL / JSD), acceptance before and after", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataclass_args(p, AlignConfig)
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("translate", help="translate a file with a trained model")
     p.add_argument("--model", required=True, help="model directory (model + tokenizer)")

@@ -3,8 +3,8 @@
 Today: train a small teacher, decode the held-out test set, print BLEU; the teacher decodes a distillation
 corpus (beam n-best with top-k log-probs) and seq-KD / seq-inter select the student's training data; a smaller
 student is trained on the references (baseline) and distilled from the corpus (seq-KD + word-KD), and the three
-are compared (BLEU, words/s). The next stage of seqkd (the student as a speculative-decoding draft) appends its
-step here.
+are compared (BLEU, words/s); finally the distilled student is aligned as the teacher's speculative-decoding draft
+(DistillSpec: on-policy, TVD) and acceptance and speedup are measured before and after.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     out = Path(out)
     t0 = time.perf_counter()
     steps = 300 if quick else 1200
-    print(f"[1/4] teacher: marian-tiny on the built-in synthetic task ({steps} steps)")
+    print(f"[1/5] teacher: marian-tiny on the built-in synthetic task ({steps} steps)")
     cfg = TrainConfig(
         out=str(out / "teacher"), model="marian-tiny", data="synthetic", synthetic_size=4000 if quick else 20000,
         synthetic_multimodality=0.3, vocab_size=256, max_steps=steps, lr=3e-3, warmup_steps=100,
@@ -38,7 +38,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     src_tok, tgt_tok = load_tokenizers(cfg.out)
     print(f"      {describe(model)}; {summary['train_tokens_per_s'] or 0:.0f} training tokens/s")
 
-    print("[2/4] evaluate the teacher on a held-out synthetic test set (greedy)")
+    print("[2/5] evaluate the teacher on a held-out synthetic test set (greedy)")
     test_src, test_ref = synthetic_pairs(300, seed=seed + 20_000, multimodality=0.0)
     hyps, speed = timed_translate(model, src_tok, tgt_tok, test_src, batch_size=100, max_new_tokens=64)
     s = score(hyps, test_ref)
@@ -49,6 +49,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
     result.update(_corpus_step(cfg.out, out / "corpus", n=400 if quick else 2000, seed=seed))
     result.update(_student_step(cfg.out, out, (test_src, test_ref), s.bleu, speed.words_per_s,
                                 steps=300 if quick else 1200, seed=seed))
+    result.update(_draft_step(cfg.out, out, test_src[:40 if quick else 100], steps=60 if quick else 200,
+                              seed=seed))
     print(f"done in {time.perf_counter() - t0:.0f}s; models, corpus and logs under {out}")
     return result
 
@@ -63,7 +65,7 @@ def _corpus_step(teacher: str, out: Path, *, n: int, seed: int) -> dict:
     from .synthetic import synthetic_pairs
 
     settings = DecodeSettings(mode="beam", beam_size=4, nbest=4, max_new_tokens=64, topk_logprobs=8)
-    print(f"[3/4] distillation corpus: the teacher decodes {n} sources (beam 4, 4-best, top-8 log-probs)")
+    print(f"[3/5] distillation corpus: the teacher decodes {n} sources (beam 4, 4-best, top-8 log-probs)")
     srcs, refs = synthetic_pairs(n, seed=seed + 10_000, multimodality=0.3)
     engine = get_engine("hf", teacher, batch_size=100)
     summary = generate_corpus(engine, [Example(i, a, b) for i, (a, b) in enumerate(zip(srcs, refs))], out,
@@ -91,7 +93,7 @@ def _student_step(teacher: str, out: Path, test: tuple[list[str], list[str]], te
     from .models import describe, load_model
     from .tokenizer import load_tokenizers
 
-    print(f"[4/4] students: marian-tiny-student, {steps} steps each: baseline (references, CE) vs distilled "
+    print(f"[4/5] students: marian-tiny-student, {steps} steps each: baseline (references, CE) vs distilled "
           "(teacher outputs, CE + forward KL)")
     common = dict(model="marian-tiny-student", teacher=teacher, max_steps=steps, lr=3e-3, warmup_steps=100,
                   max_tokens=2048, eval_steps=0, bleu_samples=0, logging_steps=50, label_smoothing=0.0,
@@ -116,3 +118,30 @@ def _student_step(teacher: str, out: Path, test: tuple[list[str], list[str]], te
         print(f"      {name:10s} {bleu:6.2f}  {wps:7.0f}")
     return {"baseline_bleu": rows["baseline"][0], "distilled_bleu": rows["distilled"][0],
             "student_words_per_s": rows["distilled"][1]}
+
+
+def _draft_step(teacher: str, out: Path, prompts: list[str], *, steps: int, seed: int) -> dict:
+    """DistillSpec: the distilled student aligned to the teacher on its own samples (on-policy, TVD); acceptance
+    and speedup of speculative decoding (gamma 4, temperature 1) before and after, on held-out sources."""
+    from .align import AlignConfig, align
+    from .synthetic import synthetic_pairs
+
+    print(f"[5/5] draft: the distilled student aligned to the teacher (DistillSpec: on-policy, TVD, {steps} steps); "
+          f"speculative decoding of {len(prompts)} test sources, gamma 4, temperature 1")
+    train_src, _ = synthetic_pairs(2000, seed=seed + 30_000, multimodality=0.3)
+    prompts_file = out / "draft_prompts.txt"
+    eval_file = out / "draft_eval.txt"
+    prompts_file.write_text("\n".join(train_src) + "\n", encoding="utf-8")
+    eval_file.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    r = align(AlignConfig(target=teacher, draft=str(out / "student-distilled"), out=str(out / "draft-aligned"),
+                          prompts=str(prompts_file), eval_prompts=str(eval_file), eval_size=len(prompts),
+                          data="on-policy", divergence="tvd", max_steps=steps, lr=1e-3, warmup_steps=10,
+                          max_tokens=2048, eval_gamma=4, eval_temperature=1.0, seed=seed, overwrite=True,
+                          progress=False))
+    print("      draft             acceptance  tokens/target call  speedup")
+    for name, key in (("before alignment", "before"), ("after alignment", "after")):
+        m = r[key]
+        print(f"      {name:17s} {m['acceptance_rate']:10.3f}  {m['block_efficiency']:18.2f}  {m['speedup']:6.2f}x")
+    return {"draft_acceptance_before": r["before"]["acceptance_rate"],
+            "draft_acceptance_after": r["after"]["acceptance_rate"],
+            "draft_speedup_before": r["before"]["speedup"], "draft_speedup_after": r["after"]["speedup"]}

@@ -148,10 +148,10 @@ class DistillTrainer(SeqkdTrainer):
             x, labels = x[:, 1:], labels[:, 1:]
         return x[labels != IGNORE_INDEX]
 
-    def teacher_logits(self, inputs: dict) -> torch.Tensor:
-        """The teacher's logits at the student's target positions, ``[N, V]`` (no grad)."""
+    def teacher_logits(self, inputs: dict, model=None) -> torch.Tensor:
+        """The teacher's (or ``model``'s) logits at the student's target positions, ``[N, V]`` (no grad)."""
         with torch.no_grad():
-            out = self.teacher(**{k: inputs[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")
+            out = (model or self.teacher)(**{k: inputs[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")
                                   if k in inputs})
         logits = out.logits[:, :-1] if self.fmt.family == "causal" else out.logits
         labels = inputs["labels"][:, 1:] if self.fmt.family == "causal" else inputs["labels"]
@@ -251,6 +251,10 @@ class DistillTrainer(SeqkdTrainer):
                 self._term_sums["divergence"] += float(d_sum.detach())
         return terms
 
+    def extra_summary(self) -> dict:
+        """What a subclass adds to the run's summary (``train_summary.json``)."""
+        return {}
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._batches:
             logs["onpolicy_fraction"] = self._onpolicy / self._batches
@@ -260,12 +264,10 @@ class DistillTrainer(SeqkdTrainer):
 # --- the job ----------------------------------------------------------------------------------------------------------
 
 
-def _same_vocab(a, b) -> bool:
-    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
-
-
-def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, dict]:
-    """Everything before the first step: tokenizers (the teacher's), student, teacher, data, the trainer.
+def prepare_distill(cfg: DistillConfig, trainer_cls: type = DistillTrainer,
+                    **trainer_kwargs) -> tuple[DistillTrainer, Path | None, dict]:
+    """Everything before the first step: tokenizers (the teacher's), student, teacher, data, the trainer
+    (``trainer_cls``, a :class:`DistillTrainer` subclass, given ``trainer_kwargs`` too).
     Returns ``(trainer, checkpoint to resume from or None, data stats)``."""
     import dataclasses
 
@@ -274,7 +276,7 @@ def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, di
     from .models import family, load_model
     from .prepare import check_model_name, load_pairs, model_for
     from .student_init import init_from_teacher
-    from .tokenizer import load_tokenizers
+    from .tokenizer import load_tokenizers, same_vocab
     from .translation import encode_pairs
 
     state = run_state()
@@ -284,7 +286,7 @@ def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, di
     src_tok, tgt_tok = load_tokenizers(cfg.teacher)
     if Path(cfg.model).is_dir():
         s_src, s_tgt = load_tokenizers(cfg.model)
-        if not (_same_vocab(s_tgt, tgt_tok) and _same_vocab(s_src, src_tok)):
+        if not (same_vocab(s_tgt, tgt_tok) and same_vocab(s_src, src_tok)):
             raise SeqkdError(f"student {cfg.model} and teacher {cfg.teacher} have different tokenizers; "
                              "distillation compares their distributions token by token and needs one vocabulary")
     with state.main_process_first():
@@ -325,23 +327,24 @@ def prepare_distill(cfg: DistillConfig) -> tuple[DistillTrainer, Path | None, di
     if vsrc:
         valid = (encode_pairs(fmt, src_tok, tgt_tok, vsrc, vtgt, max_len=cfg.max_len), vsrc, vtgt)
     stats["train_examples"] = len(train_ex)
-    trainer = make_trainer(cfg, student, src_tok, tgt_tok, train_ex, valid, trainer_cls=DistillTrainer,
-                           collator_cls=DistillCollator, teacher=teacher, dcfg=cfg)
+    trainer = make_trainer(cfg, student, src_tok, tgt_tok, train_ex, valid, trainer_cls=trainer_cls,
+                           collator_cls=DistillCollator, teacher=teacher, dcfg=cfg, **trainer_kwargs)
     trainer.src_tok, trainer.tgt_tok = src_tok, tgt_tok
     if teacher is not None:
         teacher.to(trainer.args.device)
     return trainer, resume_from, stats
 
 
-def distill(cfg: DistillConfig) -> dict:
+def distill(cfg: DistillConfig, trainer_cls: type = DistillTrainer, **trainer_kwargs) -> dict:
     """Train a student as ``cfg`` says; returns the summary written to ``out/train_summary.json``."""
     started = time.perf_counter()
-    trainer, resume_from, stats = prepare_distill(cfg)
+    trainer, resume_from, stats = prepare_distill(cfg, trainer_cls, **trainer_kwargs)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     summary = finish(trainer, cfg, trainer.src_tok, trainer.tgt_tok, started)
     summary["data"] = stats
     summary["onpolicy_fraction"] = trainer._onpolicy / trainer._batches if trainer._batches else 0.0
     summary["is_main_process"] = trainer.accelerator.is_main_process
+    summary.update(trainer.extra_summary())
     if trainer.accelerator.is_main_process:
         (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

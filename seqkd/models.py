@@ -74,6 +74,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 4,
         "intermediate_size": 1024,
     },
+    # llama-draft: 1 layer of d 256 (2.8M params at 8k vocabulary): a speculative-decoding draft for llama-teacher
+    "llama-draft": {
+        **_LLAMA_COMMON,
+        "hidden_size": 256,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 1024,
+    },
     # llama-teacher: 8.3M params
     "llama-teacher": {
         **_LLAMA_COMMON,

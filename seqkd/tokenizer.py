@@ -303,6 +303,11 @@ def load_tokenizers(model_dir: str | os.PathLike) -> tuple[PreTrainedTokenizerFa
     return src, tgt
 
 
+def same_vocab(a, b) -> bool:
+    """True when two tokenizers map the same tokens to the same ids (sizes alone are not enough)."""
+    return len(a) == len(b) and a.get_vocab() == b.get_vocab()
+
+
 def _same(a, b) -> bool:
     if a is b:
         return True

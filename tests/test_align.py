@@ -1,0 +1,141 @@
+"""`seqkd speculate` and `seqkd align` (DistillSpec) on tiny models: reports, errors, acceptance after alignment,
+and the aligned draft as an HF assistant_model."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from seqkd.cli import main
+from seqkd.errors import SeqkdError
+from seqkd.models import build_model, load_model
+from seqkd.synthetic import synthetic_pairs
+from seqkd.tokenizer import load_tokenizers, save_tokenizers
+
+
+@pytest.fixture(scope="module")
+def draft_dir(tiny_lm_model, tmp_path_factory):
+    """A fresh llama-tiny-student with the target's tokenizer: a poor draft before alignment."""
+    target = load_model(tiny_lm_model)
+    out = tmp_path_factory.mktemp("draft") / "draft"
+    d = build_model("llama-tiny-student", vocab_size=target.config.vocab_size, seed=7)
+    d.save_pretrained(out)
+    save_tokenizers(*load_tokenizers(tiny_lm_model), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prompt_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prompts")
+    train, _ = synthetic_pairs(600, seed=21, multimodality=0.3)
+    evals, _ = synthetic_pairs(30, seed=22, multimodality=0.0)
+    (d / "train.txt").write_text("\n".join(train) + "\n")
+    (d / "eval.txt").write_text("\n".join(evals) + "\n")
+    return d / "train.txt", d / "eval.txt"
+
+
+def test_speculate_cli_greedy_report_is_consistent(tiny_lm_model, draft_dir, prompt_files, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["speculate", "--target", str(tiny_lm_model), "--draft", str(draft_dir), "--input",
+                 str(prompt_files[1]), "--gamma", "3", "--temperature", "0", "--max-new-tokens", "20",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["identical_outputs"] == 1.0  # greedy speculation = target-only greedy
+    assert r["block_efficiency"] == pytest.approx(r["emitted"] / r["target_calls"])
+    assert r["acceptance_rate"] == pytest.approx(r["accepted"] / r["drafted"])
+    assert 1.0 <= r["block_efficiency"] <= 4.0
+    assert len(r["per_position_acceptance"]) == 3
+    assert r["per_position_acceptance"] == sorted(r["per_position_acceptance"], reverse=True)  # i needs i-1
+    assert r["cost_ratio"] > 0 and r["leviathan_bound"] > 0
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_speculate_hf_engine_counts_acceptance(tiny_lm_model, prompt_files, tmp_path):
+    """The target as its own assistant: every drafted token is accepted."""
+    out = tmp_path / "r.json"
+    assert main(["speculate", "--target", str(tiny_lm_model), "--draft", str(tiny_lm_model), "--input",
+                 str(prompt_files[1]), "--engine", "hf", "--gamma", "3", "--max-new-tokens", "20", "--limit", "8",
+                 "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["acceptance_rate"] > 0.9 and r["block_efficiency"] > 2.0
+
+
+def test_speculate_refuses_a_draft_with_another_vocabulary(tiny_lm_model, draft_dir, prompt_files, tmp_path, capsys):
+    # same size, other ids: swap two tokens of the draft's tokenizer
+    other = tmp_path / "other"
+    shutil.copytree(draft_dir, other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    (a, sa), (b, sb) = vocab[10], vocab[11]
+    vocab[10], vocab[11] = [b, sa], [a, sb]
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    assert main(["speculate", "--target", str(tiny_lm_model), "--draft", str(other), "--input",
+                 str(prompt_files[1])]) == 2
+    assert "different tokenizers" in capsys.readouterr().err
+    with pytest.raises(SeqkdError, match="gamma"):
+        from seqkd.speculate import SpeculateConfig
+
+        SpeculateConfig(target="t", draft="d", input="x", gamma=0)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert main(["speculate", "--target", str(tiny_lm_model), "--draft", str(draft_dir), "--input",
+                 str(empty)]) == 2
+    assert "no prompts" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_align_on_policy_tvd_raises_acceptance_and_the_draft_works_in_hf(tiny_lm_model, draft_dir, prompt_files,
+                                                                        tmp_path):
+    from seqkd.align import AlignConfig, align
+
+    out = tmp_path / "aligned"
+    r = align(AlignConfig(target=str(tiny_lm_model), draft=str(draft_dir), out=str(out), prompts=str(prompt_files[0]),
+                          eval_prompts=str(prompt_files[1]), eval_size=30, max_steps=80, lr=3e-3, warmup_steps=10,
+                          max_tokens=1024, max_new_tokens=24, progress=False))
+    b, a = r["before"], r["after"]
+    assert r["train"]["onpolicy_fraction"] == 1.0
+    assert a["analytic_acceptance"] > b["analytic_acceptance"] + 0.1, (b["analytic_acceptance"],
+                                                                        a["analytic_acceptance"])
+    assert a["block_efficiency"] > b["block_efficiency"]
+    # a plain HF model: transformers' assisted generation with it equals the target's greedy output
+    target, draft = load_model(tiny_lm_model), load_model(out)
+    ids = torch.tensor([[2, 40, 41, 42, 43, 4]])
+    ref = target.generate(input_ids=ids, do_sample=False, max_new_tokens=15)
+    assisted = target.generate(input_ids=ids, do_sample=False, max_new_tokens=15, assistant_model=draft)
+    assert torch.equal(ref, assisted)
+    assert json.loads((out / "align.json").read_text())["after"]["acceptance_rate"] == a["acceptance_rate"]
+
+
+@pytest.mark.slow
+def test_adaspec_selects_the_asked_fraction(tiny_lm_model, draft_dir, prompt_files, tmp_path, monkeypatch):
+    from seqkd import align as align_mod
+
+    seen = {}
+    real = align_mod.distill
+
+    def spy(cfg, trainer_cls=align_mod.DistillTrainer, **kw):
+        summary = real(cfg, trainer_cls, **kw)
+        if trainer_cls is align_mod.SelectiveTrainer:
+            seen["fraction"] = summary["selected_fraction"]
+        return summary
+
+    monkeypatch.setattr(align_mod, "distill", spy)
+    r = align_mod.align(align_mod.AlignConfig(
+        target=str(tiny_lm_model), draft=str(draft_dir), out=str(tmp_path / "ada"), prompts=str(prompt_files[0]),
+        eval_prompts=str(prompt_files[1]), eval_size=10, max_steps=20, lr=3e-3, warmup_steps=5, max_tokens=1024,
+        max_new_tokens=16, select_fraction=0.4, progress=False))
+    assert seen["fraction"] == pytest.approx(0.4, abs=0.02)
+    assert (tmp_path / "ada" / "work" / "reference" / "model.safetensors").is_file()
+    assert r["after"]["acceptance_rate"] >= 0
+
+
+def test_align_config_errors():
+    from seqkd.align import AlignConfig
+
+    with pytest.raises(SeqkdError, match="either --prompts"):
+        AlignConfig(target="t", draft="d", out="o")
+    with pytest.raises(SeqkdError, match="--references"):
+        AlignConfig(target="t", draft="d", out="o", prompts="p", data="fixed")
+    with pytest.raises(SeqkdError, match="select-fraction"):
+        AlignConfig(target="t", draft="d", out="o", prompts="p", select_fraction=0)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ROOT / "data" / "models"
 SPEC = MODELS / "spec"
-TARGET = MODELS / "multi30k-de-en-llama-teacher"
+TARGET = MODELS / "multi30k-de-en-llama-teacher"  # --target / --spec-dir replace these two
 
 ALIGNED = {  # name -> AlignConfig fields
     "distillspec-tvd": dict(data="on-policy", divergence="tvd"),
@@ -53,6 +53,11 @@ def parse_args(argv=None):
     p.add_argument("--align-prompts", type=int, default=8000, help="training prompts of the alignment")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--name", default="speculative")
+    p.add_argument("--target", default=str(TARGET), help="the pair's target (the llama-teacher)")
+    p.add_argument("--spec-dir", default=str(SPEC), help="where the drafts are kept")
+    p.add_argument("--align-only", action="store_true", help="make the aligned drafts and stop (e.g. on a GPU)")
+    p.add_argument("--device", default="cpu", help="device of the acceptance measurements inside align")
+    p.add_argument("--render-only", action="store_true", help="rewrite the Markdown and plot from the JSON")
     return p.parse_args(argv)
 
 
@@ -69,7 +74,7 @@ def train_draft(steps: int) -> Path:
     return out
 
 
-def aligned_drafts(draft: Path, steps: int, n_prompts: int) -> dict[str, Path]:
+def aligned_drafts(draft: Path, steps: int, n_prompts: int, device: str = "cpu") -> dict[str, Path]:
     from seqkd.align import AlignConfig, align
 
     out = {}
@@ -77,7 +82,8 @@ def aligned_drafts(draft: Path, steps: int, n_prompts: int) -> dict[str, Path]:
         d = SPEC / f"multi30k-de-en-llama-draft-{name}"
         if not (d / "align.json").exists():
             align(AlignConfig(target=str(TARGET), draft=str(draft), out=str(d), dataset="multi30k:de-en",
-                              limit=n_prompts, max_steps=steps, eval_size=100, overwrite=True, **fields))
+                              limit=n_prompts, max_steps=steps, eval_size=100, overwrite=True, device=device,
+                              **fields))
         out[name] = d
     return out
 
@@ -114,7 +120,18 @@ def main(argv=None) -> None:
 
     from seqkd.datasets import parallel_files
 
+    global TARGET, SPEC
     a = parse_args(argv)
+    if a.render_only:
+        data = json.loads((RESULTS / f"{a.name}.json").read_text())
+        for r in data["rows"]:  # runs before the draft-name fix stored each draft's directory as "draft"
+            if "/" in r["draft"]:
+                base = Path(r.pop("draft")).name
+                r["draft_dir"] = str(base)
+                r["draft"] = base.split("llama-draft-", 1)[1] if "llama-draft-" in base else "unaligned"
+        write(data["rows"], data["meta"], a.name)
+        return
+    TARGET, SPEC = Path(a.target), Path(a.spec_dir)
     t0 = time.perf_counter()
     if not TARGET.is_dir():
         sys.exit(f"{TARGET} is missing: run benchmarks/teacher_multi30k.py --families llama first")
@@ -124,14 +141,16 @@ def main(argv=None) -> None:
     prompts_file.write_text("".join(Path(src).read_text(encoding="utf-8").splitlines(True)[: a.prompts]))
     draft = train_draft(a.draft_steps)
     t_train = time.perf_counter() - t0
-    drafts = {"unaligned": draft, **aligned_drafts(draft, a.align_steps, a.align_prompts)}
+    drafts = {"unaligned": draft, **aligned_drafts(draft, a.align_steps, a.align_prompts, a.device)}
     t_align = time.perf_counter() - t0 - t_train
+    if a.align_only:
+        return
     rows = []
     for name, d in drafts.items():
         for temp in a.temperatures:
             for g in a.gammas:
                 r = measure(d, prompts_file, a, g, temp)
-                rows.append({"pair": "multi30k", "draft": name, "engine": "seqkd", **r})
+                rows.append({**r, "pair": "multi30k", "draft": name, "draft_dir": str(d), "engine": "seqkd"})
                 print(f"{name:16s} T={temp} g={g}: accept {r['acceptance_rate']:.3f} tau {r['block_efficiency']:.2f} "
                       f"c {r['cost_ratio']:.3f} speedup {r['speedup']:.2f}x (bound {r['leviathan_bound']:.2f}x)",
                       flush=True)
@@ -142,8 +161,8 @@ def main(argv=None) -> None:
                 r = (measure_vllm(drafts[name], prompts_file, a, a.engine_gamma) if engine == "vllm"
                      else measure(drafts[name], prompts_file, a, a.engine_gamma, temp, engine="hf"))
                 r = {k: v for k, v in r.items() if not isinstance(v, dict)}
-                rows.append({"pair": "multi30k", "draft": name, "engine": engine, "gamma": a.engine_gamma,
-                             "temperature": temp, **r})
+                rows.append({**r, "pair": "multi30k", "draft": name, "draft_dir": str(drafts[name]),
+                             "engine": engine, "gamma": a.engine_gamma, "temperature": temp})
                 print(f"{name:16s} {engine} T={temp}: {r.get('speedup', r.get('error'))}", flush=True)
     align_info = {n: json.loads((d / "align.json").read_text())["train"] for n, d in drafts.items()
                   if (d / "align.json").exists()}

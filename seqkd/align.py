@@ -43,7 +43,8 @@ class AlignConfig:
 
     target: str = _help("Target model directory (kept frozen).")
     draft: str = _help("Draft model directory to align (the result is saved in --out).")
-    out: str = _help("Output directory: the aligned draft (HF save_pretrained), its training logs, align.json.")
+    out: str = _help("Output directory: the aligned draft (HF save_pretrained), its training logs, align.json. "
+                     "Generated data and the AdaSPEC reference draft go to OUT-work beside it.")
     prompts: str | None = _help("Prompt file (one prompt / source per line).", default=None)
     references: str | None = _help("Targets aligned with --prompts (needed for --data fixed).", default=None)
     dataset: str | None = _help("Instead of --prompts: a registered parallel dataset (its train sources are the "
@@ -70,6 +71,8 @@ class AlignConfig:
     eval_gamma: int = _help("gamma of the acceptance measurement.", default=4)
     eval_temperature: float = _help("Temperature of the acceptance measurement (0 = greedy).", default=1.0)
     seed: int = _help("Seed of training and measurement.", default=0)
+    device: str = _help("cpu or cuda for the acceptance measurement (training uses the Trainer's device).",
+                        default="cpu")
     overwrite: bool = _help("Replace an existing --out.", default=False)
     progress: bool = _help("Show progress bars.", default=True)
 
@@ -149,13 +152,15 @@ def _texts(cfg: AlignConfig) -> tuple[list[str], list[str] | None, list[str]]:
         prompts, refs = load_parallel(cfg.dataset, "train")
         evals = load_parallel(cfg.dataset, "val")[0]
     else:
-        prompts = read_lines(cfg.prompts, strict=True, max_chars=None)[0]
-        refs = read_lines(cfg.references, strict=True, max_chars=None)[0] if cfg.references else None
+        prompts = read_lines(cfg.prompts, max_chars=None, keep_empty=True)[0]
+        refs = read_lines(cfg.references, max_chars=None, keep_empty=True)[0] if cfg.references else None
         if refs is not None and len(refs) != len(prompts):
             raise SeqkdError(f"--references has {len(refs)} lines, --prompts {len(prompts)}")
+        keep = [i for i, p in enumerate(prompts) if p.strip() and (refs is None or refs[i].strip())]
+        prompts, refs = [prompts[i] for i in keep], ([refs[i] for i in keep] if refs is not None else None)
         evals = None
     if cfg.eval_prompts:
-        evals = read_lines(cfg.eval_prompts, strict=True, max_chars=None)[0]
+        evals = read_lines(cfg.eval_prompts, max_chars=None)[0]
     elif evals is None:  # hold the last eval_size prompts out of training
         if len(prompts) <= cfg.eval_size:
             raise SeqkdError(f"{len(prompts)} prompts: too few to hold out --eval-size {cfg.eval_size}; give "
@@ -170,7 +175,7 @@ def _texts(cfg: AlignConfig) -> tuple[list[str], list[str] | None, list[str]]:
 
 
 def measure_acceptance(target_dir: str, draft_dir: str, prompts: list[str], *, gamma: int, temperature: float,
-                       seed: int, max_new_tokens: int = 64) -> dict[str, Any]:
+                       seed: int, max_new_tokens: int = 64, device: str = "cpu") -> dict[str, Any]:
     """seqkd's speculative decoder over ``prompts``: the :class:`~seqkd.spec.SpecStats` summary plus speedup."""
     import tempfile
 
@@ -180,7 +185,7 @@ def measure_acceptance(target_dir: str, draft_dir: str, prompts: list[str], *, g
         f = Path(tmp) / "prompts.txt"
         f.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         cfg = SpeculateConfig(target=target_dir, draft=draft_dir, input=str(f), gamma=gamma,
-                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device)
         return speculate(cfg, progress=False)
 
 
@@ -189,8 +194,9 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
     if cfg.data == "fixed":
         return _write_pairs(work / "fixed.jsonl", prompts, refs)
     if cfg.data == "on-policy":
-        # every batch is replaced by draft samples; targets only set the batch budget and the loss normaliser
-        return _write_pairs(work / "prompts.jsonl", prompts, refs or [""] * len(prompts))
+        # every batch is replaced by draft samples, so the targets here only size the batches (token budget):
+        # the references where there are some, else the prompt itself as a stand-in of a continuation's length
+        return _write_pairs(work / "prompts.jsonl", prompts, refs or prompts)
     from .corpus import generate_corpus, read_corpus
     from .data import Example
     from .engines import DecodeSettings, get_engine
@@ -200,7 +206,8 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
     settings = DecodeSettings(mode="sample", num_samples=1, temperature=cfg.temperature,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     exs = [Example(id=i, source=s, target=None) for i, s in enumerate(prompts)]
-    generate_corpus(engine, exs, work / "target_corpus", settings, chunk_size=512, progress=cfg.progress)
+    generate_corpus(engine, exs, work / "target_corpus", settings, chunk_size=512, progress=cfg.progress,
+                    overwrite=cfg.overwrite)
     engine.close()
     out = work / "target.jsonl"
     write_training_data(select(read_corpus(work / "target_corpus"), "top"), out)
@@ -208,6 +215,7 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
 
 
 def _distill_config(cfg: AlignConfig, train_file: Path, out: Path) -> DistillConfig:
+    """The DistillTrainer run: divergence only (kd_weight 1), target online, no CE, no validation."""
     lam = {"on-policy": 1.0, "mixed": cfg.mixed_lambda}.get(cfg.data, 0.0)
     return DistillConfig(
         out=str(out), model=cfg.draft, teacher=cfg.target, train_source=str(train_file), kd_mode="online",
@@ -225,12 +233,14 @@ def align(cfg: AlignConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     out = Path(cfg.out)
-    if (out / "align.json").exists() and not cfg.overwrite:
-        raise SeqkdError(f"{out} already holds an aligned draft (align.json): use --overwrite to replace it")
+    if out.resolve() in (Path(cfg.draft).resolve(), Path(cfg.target).resolve()):
+        raise SeqkdError(f"--out {out} is the draft or target directory itself: choose a new directory")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise SeqkdError(f"{out} is not empty (an earlier alignment?): use --overwrite to replace it")
     check_pair(cfg.target, cfg.draft)
     prompts, refs, evals = _texts(cfg)
-    work = out / "work"
-    measure = dict(gamma=cfg.eval_gamma, temperature=cfg.eval_temperature, seed=cfg.seed)
+    work = out.with_name(out.name + "-work")  # not inside out: the training run owns that directory
+    measure = dict(gamma=cfg.eval_gamma, temperature=cfg.eval_temperature, seed=cfg.seed, device=cfg.device)
     before = measure_acceptance(cfg.target, cfg.draft, evals, **measure)
     train_file = _training_file(cfg, prompts, refs, work)
     report: dict[str, Any] = {"config": vars(cfg), "before": before, "train_prompts": len(prompts),

@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 4,
         "intermediate_size": 1024,
     },
-    # llama-draft: 1 layer of d 256 (2.8M params at 8k vocabulary): a speculative-decoding draft for llama-teacher
+    # llama-draft: 1 layer of d 256 (3.1M params at 8k vocabulary): a speculative-decoding draft for llama-teacher
     "llama-draft": {
         **_LLAMA_COMMON,
         "hidden_size": 256,

@@ -92,7 +92,7 @@ def read_prompts(cfg) -> list[str]:
     if cfg.data:
         texts = load_parallel(cfg.data, cfg.split)[0]
     else:
-        texts, _ = read_lines(cfg.input, strict=True, max_chars=None)
+        texts, _ = read_lines(cfg.input, max_chars=None)  # empty lines are skipped
     texts = [t for t in texts if t.strip()][: cfg.limit]
     if not texts:
         raise SeqkdError(f"no prompts: {cfg.input or cfg.data} has no non-empty lines")

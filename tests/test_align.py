@@ -126,7 +126,7 @@ def test_adaspec_selects_the_asked_fraction(tiny_lm_model, draft_dir, prompt_fil
         eval_prompts=str(prompt_files[1]), eval_size=10, max_steps=20, lr=3e-3, warmup_steps=5, max_tokens=1024,
         max_new_tokens=16, select_fraction=0.4, progress=False))
     assert seen["fraction"] == pytest.approx(0.4, abs=0.02)
-    assert (tmp_path / "ada" / "work" / "reference" / "model.safetensors").is_file()
+    assert (tmp_path / "ada-work" / "reference" / "model.safetensors").is_file()
     assert r["after"]["acceptance_rate"] >= 0
 
 

@@ -13,3 +13,5 @@ def test_quick_demo_runs_every_stage(tmp_path):
     # the references are multimodal (30%): the n-best entry closest to the reference matches it better than
     # the teacher's own best, which is what sequence-level interpolation is for
     assert r["seq-inter_bleu"] > r["top_bleu"]
+    # aligning the distilled student as the teacher's draft (DistillSpec: on-policy, TVD) raises its acceptance
+    assert 0 < r["draft_acceptance_before"] < r["draft_acceptance_after"] <= 1

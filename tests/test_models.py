@@ -33,6 +33,7 @@ PINNED_8000 = {
     "llama-tiny": 594_240,
     "llama-tiny-student": 553_152,
     "llama-student": 4_146_432,
+    "llama-draft": 3_097_344,
     "llama-teacher": 8_342_784,
     "marian-tiny": 679_424,
     "marian-tiny-student": 629_184,
@@ -74,7 +75,7 @@ def test_preset_family_and_pinned_parameter_count(preset):
 
 def test_presets_cover_the_agreed_names():
     sizes = ("tiny", "tiny-student", "student", "teacher")
-    assert set(PRESETS) == {f"{a}-{s}" for a in ("llama", "marian") for s in sizes}
+    assert set(PRESETS) == {f"{a}-{s}" for a in ("llama", "marian") for s in sizes} | {"llama-draft"}
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "marian-tiny"])
@@ -134,7 +135,7 @@ def test_overrides_replace_preset_values():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"preset": "gpt-huge", "vocab_size": 50}, "unknown model preset 'gpt-huge'; choose one of: llama-student"),
+        ({"preset": "gpt-huge", "vocab_size": 50}, "unknown model preset 'gpt-huge'; choose one of: llama-draft"),
         ({"preset": "llama-tiny", "vocab_size": 50, "hiden_size": 32},
          "unknown config option(s) for llama-tiny: hiden_size"),
         ({"preset": "llama-tiny", "vocab_size": 50, "decoder_vocab_size": 60}, "decoder-only"),

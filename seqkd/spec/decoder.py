@@ -86,7 +86,7 @@ class Stepper:
     def crop(self, length: int) -> None:
         """Keep the cache of the first ``length`` positions only."""
         if self.cached > length:
-            self.cache.crop(length)
+            self.cache.crop(length - self.cached)  # negative: remove that many (old and new transformers alike)
 
 
 def start_sequence(model, input_ids: Tensor) -> Tensor:

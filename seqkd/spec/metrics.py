@@ -7,7 +7,8 @@
   their bound.
 * block efficiency ``tau`` = emitted tokens / target calls (each call emits its accepted run plus one target
   token, so ``1 <= tau <= gamma + 1``).
-* per-position acceptance: P(draft token ``i`` accepted | it was drafted), ``i = 1..gamma``.
+* per-position acceptance: the fraction of blocks whose draft token ``i`` was accepted, ``i = 1..gamma`` (vLLM's
+  definition: accepted at ``i`` / blocks; non-increasing in ``i``).
 * analytic acceptance ``E[sum_x min(p(x), q(x))] = 1 - TVD(p, q)`` over the same (tested) contexts: the
   expectation of the verified acceptance rate, exactly, for the sampling rule.
 * cost ratio ``c`` = time of one draft step / time of one target step (measured).
@@ -107,7 +108,8 @@ class SpecStats:
 
     @property
     def per_position_acceptance(self) -> list[float]:
-        return [a / d if d else 0.0 for a, d in zip(self.accepted_at, self.drafted_at)]
+        blocks = self.drafted_at[0] if self.drafted_at else 0  # blocks that drafted at least one token
+        return [a / blocks if blocks else 0.0 for a in self.accepted_at]
 
     @property
     def analytic_acceptance(self) -> float:

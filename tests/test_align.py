@@ -139,3 +139,17 @@ def test_align_config_errors():
         AlignConfig(target="t", draft="d", out="o", prompts="p", data="fixed")
     with pytest.raises(SeqkdError, match="select-fraction"):
         AlignConfig(target="t", draft="d", out="o", prompts="p", select_fraction=0)
+
+
+def test_align_refuses_to_overwrite_the_draft_or_an_earlier_run(tiny_lm_model, draft_dir, prompt_files, tmp_path):
+    from seqkd.align import AlignConfig, align
+
+    kw = dict(target=str(tiny_lm_model), draft=str(draft_dir), prompts=str(prompt_files[0]), progress=False)
+    with pytest.raises(SeqkdError, match="the draft or target directory itself"):
+        align(AlignConfig(out=str(draft_dir), **kw))
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    with pytest.raises(SeqkdError, match="not empty.*--overwrite"):
+        align(AlignConfig(out=str(used), **kw))
+    assert (used / "notes.txt").read_text() == "mine" and (draft_dir / "model.safetensors").is_file()

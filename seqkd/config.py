@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import SeqkdError
+from .translation import PROMPT_FORMATS
 
 SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant_with_warmup")
 
@@ -50,6 +51,12 @@ class TrainConfig:
         "For --data synthetic: probability that a word with synonyms takes a random one.", default=0.0
     )
     max_len: int = _help("Longest source or target kept, in tokens (longer ones are truncated).", default=128)
+    prompt_format: str = _help(
+        "How a source becomes a decoder-only prompt: translation (<s> src <sep>), plain (the tokenizer's own special "
+        "tokens around it) or chat (one user turn of the tokenizer's chat template, as `seqkd generate "
+        "--prompt-format chat` gave the teacher); auto = translation where the tokenizer has <sep>, else plain.",
+        default="auto",
+    )
     strict: bool = _help("Fail on empty or over-long lines instead of skipping / truncating them.", default=False)
     max_tokens: int = _help("Token budget of one batch (padded source + target tokens).", default=4096)
     grad_accum: int = _help("Gradient accumulation steps.", default=1)
@@ -87,6 +94,8 @@ class TrainConfig:
             raise SeqkdError("--valid-target needs --valid-source")
         if self.schedule not in SCHEDULES:
             raise SeqkdError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise SeqkdError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if self.tokenizer_type not in ("unigram", "bpe"):
             raise SeqkdError(f"--tokenizer-type must be unigram or bpe, got {self.tokenizer_type!r}")
         for name in ("max_tokens", "max_steps", "grad_accum", "max_len", "vocab_size", "logging_steps"):

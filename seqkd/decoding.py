@@ -147,11 +147,13 @@ def translate(
     max_len_ratio: float | None = None,
     progress: bool = False,
     seed: int | None = None,
+    prompt_format: str = "auto",
 ) -> list[str] | list[list[str]]:
     """Translate ``sources``; returns one string per source (or a list of ``num_return_sequences``).
-    An empty (or whitespace) source translates to ``""`` without being decoded."""
+    An empty (or whitespace) source translates to ``""`` without being decoded. ``prompt_format``: see
+    :class:`~seqkd.translation.Format` (auto: translation, or plain for a tokenizer without ``<sep>``)."""
     keep = [i for i, s in enumerate(sources) if s.strip()]
-    fmt = Format.from_tokenizer(family(model), tgt_tok)
+    fmt = Format.from_tokenizer(family(model), tgt_tok, prompt_format)
     src_ids = src_tok([sources[i] for i in keep], add_special_tokens=False)["input_ids"] if keep else []
     prompts = [fmt.prompt_ids(s[:max_source_len]) for s in src_ids]
     gen = generation_config(

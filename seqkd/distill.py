@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import losses
 from .distill_config import DistillConfig
 from .errors import DataError, SeqkdError
-from .train import SeqkdTrainer, finish, make_trainer, resume_point, run_state
+from .train import SeqkdTrainer, finish, logits_at_targets, make_trainer, resume_point, run_state
 from .translation import IGNORE_INDEX, Collator, Format
 
 # --- data ------------------------------------------------------------------------------------------------------------
@@ -151,11 +151,7 @@ class DistillTrainer(SeqkdTrainer):
     def teacher_logits(self, inputs: dict, model=None) -> torch.Tensor:
         """The teacher's (or ``model``'s) logits at the student's target positions, ``[N, V]`` (no grad)."""
         with torch.no_grad():
-            out = (model or self.teacher)(**{k: inputs[k] for k in ("input_ids", "attention_mask", "decoder_input_ids")
-                                  if k in inputs})
-        logits = out.logits[:, :-1] if self.fmt.family == "causal" else out.logits
-        labels = inputs["labels"][:, 1:] if self.fmt.family == "causal" else inputs["labels"]
-        return logits[labels != IGNORE_INDEX]
+            return logits_at_targets(model or self.teacher, inputs, self.fmt.family)[0]
 
     def _draw_onpolicy(self) -> bool:
         """Seeded by (seed, step, micro-batch): every process draws the same, and a resumed run draws as before."""
@@ -297,7 +293,7 @@ def prepare_distill(cfg: DistillConfig, trainer_cls: type = DistillTrainer,
     src, tgt, vsrc, vtgt, stats = load_pairs(dataclasses.replace(cfg, tokenizer=cfg.teacher))
     student = model_for(dataclasses.replace(cfg, tokenizer=cfg.teacher), src_tok, tgt_tok)
     fam = family(student)
-    fmt = Format.from_tokenizer(fam, tgt_tok)
+    fmt = Format.from_tokenizer(fam, tgt_tok, cfg.prompt_format)
     teacher = None
     if cfg.kd_mode == "online" and (cfg.kd_weight > 0 or cfg.onpolicy_lambda > 0) or cfg.init_from_teacher:
         teacher = load_model(cfg.teacher)

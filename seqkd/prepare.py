@@ -99,7 +99,7 @@ def prepare_run(cfg: TrainConfig) -> Run:
     src, tgt, vsrc, vtgt, stats = load_pairs(cfg)
     src_tok, tgt_tok = tokenizers_for(cfg, src, tgt)
     model = model_for(cfg, src_tok, tgt_tok)
-    fmt = Format.from_tokenizer(family(model), tgt_tok)
+    fmt = Format.from_tokenizer(family(model), tgt_tok, cfg.prompt_format)
     train_ex = encode_pairs(fmt, src_tok, tgt_tok, src, tgt, max_len=cfg.max_len)
     valid = None
     if vsrc:

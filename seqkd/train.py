@@ -9,6 +9,8 @@ distillation trainer overrides ``loss_terms`` and nothing else of the training l
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import shutil
 import time
@@ -40,6 +42,37 @@ class ListDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.examples[i]
+
+
+def logits_at_targets(model, inputs: dict, family: str) -> tuple[torch.Tensor, torch.Tensor, object]:
+    """``model`` on a batch: logits at the real target positions ``[N, V]`` (row-major order of ``labels !=
+    -100``), their targets ``[N]``, and the model outputs.
+
+    Decoder-only: position t predicts token t+1, and only positions from the first target's predecessor on get
+    the output layer (``logits_to_keep``): over a large vocabulary it costs more than the rest of a small model,
+    and prompts are often half of a batch."""
+    labels = inputs["labels"]
+    kw = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}  # batches may carry more (top-k, ...)
+    if family != "causal":
+        outputs = model(**kw)
+        logits = outputs.logits
+    else:
+        real = (labels[:, 1:] != IGNORE_INDEX).any(0)  # [S-1]: position j predicts a real target in some row
+        first = int(real.float().argmax()) if bool(real.any()) else labels.shape[1] - 1
+        if _takes_logits_to_keep(model):
+            outputs = model(**kw, logits_to_keep=labels.shape[1] - first)  # positions first .. S-1
+            logits = outputs.logits[:, :-1]
+        else:
+            outputs = model(**kw)
+            logits = outputs.logits[:, first:-1]
+        labels = labels[:, first + 1:]
+    mask = labels != IGNORE_INDEX
+    return logits[mask], labels[mask], outputs
+
+
+def _takes_logits_to_keep(model) -> bool:
+    forward = getattr(model, "module", model).forward  # DDP / accelerate wrappers take **kwargs
+    return "logits_to_keep" in inspect.signature(forward).parameters
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -80,13 +113,7 @@ class SeqkdTrainer(Trainer):
     # --- loss ------------------------------------------------------------------------------------------
     def forward_logits(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Run the model; return logits at real target positions ``[N, V]``, their targets ``[N]``, outputs."""
-        labels = inputs["labels"]
-        outputs = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})  # batches may carry more (top-k, ...)
-        logits = outputs.logits
-        if self.fmt.family == "causal":  # position t predicts token t+1
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        mask = labels != IGNORE_INDEX
-        return logits[mask], labels[mask], outputs
+        return logits_at_targets(model, inputs, self.fmt.family)
 
     def loss_terms(self, model, inputs: dict, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """The hook: named loss terms, each a *sum* over the N real target tokens (logits ``[N, V]``)."""
@@ -253,7 +280,7 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
     from .models import family
     from .translation import Collator
 
-    fmt = Format.from_tokenizer(family(model), tgt_tok)
+    fmt = Format.from_tokenizer(family(model), tgt_tok, cfg.prompt_format)
     lengths = [fmt.length(ex) for ex in train_ex]
     sampler = TokenBudgetBatchSampler(lengths, cfg.max_tokens, seed=cfg.seed)
     bleu_eval = None
@@ -262,7 +289,7 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
 
         def bleu_eval(m):
             hyps = translate(m, src_tok, tgt_tok, srcs, batch_size=cfg.eval_batch_size,
-                             max_new_tokens=cfg.max_len, max_len_ratio=2.0)
+                             max_new_tokens=cfg.max_len, max_len_ratio=2.0, prompt_format=cfg.prompt_format)
             return score(hyps, refs)
 
     metric = ("bleu" if bleu_eval else "loss") if valid is not None else None

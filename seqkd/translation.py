@@ -26,38 +26,68 @@ IGNORE_INDEX = -100
 SEP_TOKEN = "<sep>"
 
 
+PROMPT_FORMATS = ("auto", "translation", "plain", "chat")
+
+
 @dataclass(frozen=True)
 class Format:
-    """Token ids a family's format needs, read from the (target) tokenizer."""
+    """Token ids a family's format needs, read from the (target) tokenizer.
+
+    ``style`` ``translation`` is the format above. A decoder-only model with a pretrained LLM's tokenizer (no
+    ``<sep>``) takes ``plain`` (the source wrapped in the special tokens the tokenizer adds itself) or ``chat`` (the
+    source as one user turn of the tokenizer's chat template, with the generation prompt): ``prefix + src +
+    suffix``, the same ids :class:`seqkd.engines.TextCodec` gives the teacher, so a student trains on exactly the
+    prompts its teacher was decoded from."""
 
     family: str  # "causal" | "seq2seq"
     pad_id: int
     bos_id: int
     eos_id: int
     sep_id: int | None
+    style: str = "translation"  # "translation" | "plain" | "chat"
+    prefix: tuple[int, ...] = ()  # plain / chat: ids before the source
+    suffix: tuple[int, ...] = ()  # plain / chat: ids after it
 
     @classmethod
-    def from_tokenizer(cls, family: str, tokenizer) -> "Format":
+    def from_tokenizer(cls, family: str, tokenizer, prompt_format: str = "translation") -> "Format":
+        """``prompt_format``: translation, plain, chat, or auto (translation for encoder-decoder models and
+        tokenizers with ``<sep>``, plain otherwise)."""
+        from .errors import SeqkdError
+
         if family not in ("causal", "seq2seq"):
             raise ValueError(f"unknown model family {family!r}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise SeqkdError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
         sep_id = tokenizer.convert_tokens_to_ids(SEP_TOKEN)
         if sep_id is None or sep_id == tokenizer.unk_token_id:
             sep_id = None
-        if family == "causal" and sep_id is None:
-            from .errors import SeqkdError
-
-            raise SeqkdError(
-                f"the tokenizer has no {SEP_TOKEN} token, which decoder-only translation needs "
-                "(train one with `seqkd tokenizer train`)"
-            )
+        if prompt_format == "auto":
+            prompt_format = "translation" if family == "seq2seq" or sep_id is not None else "plain"
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return cls(family, pad, tokenizer.bos_token_id, tokenizer.eos_token_id, sep_id)
+        if prompt_format == "translation":
+            if family == "causal" and sep_id is None:
+                raise SeqkdError(
+                    f"the tokenizer has no {SEP_TOKEN} token, which decoder-only translation needs "
+                    "(train one with `seqkd tokenizer train`, or use the 'plain' or 'chat' prompt format)"
+                )
+            return cls(family, pad, tokenizer.bos_token_id, tokenizer.eos_token_id, sep_id)
+        if family != "causal":
+            raise SeqkdError(f"prompt format {prompt_format!r} is for decoder-only models; an encoder-decoder "
+                             "model takes the 'translation' format")
+        if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise SeqkdError("prompt format 'chat': the tokenizer has no chat template (use 'plain')")
+        if tokenizer.eos_token_id is None:
+            raise SeqkdError("the tokenizer has no eos token: generation could never end")
+        prefix, suffix = _wrapping(tokenizer, prompt_format)
+        return cls(family, pad, tokenizer.bos_token_id, tokenizer.eos_token_id, sep_id, prompt_format, prefix, suffix)
 
     # --- ids ---------------------------------------------------------------------------------------
     def prompt_ids(self, src_ids: Sequence[int]) -> list[int]:
         """What the model is given to translate: encoder input (seq2seq) or decoder prompt (causal)."""
         if self.family == "seq2seq":
             return list(src_ids) + [self.eos_id]
+        if self.style != "translation":
+            return [*self.prefix, *src_ids, *self.suffix]
         return [self.bos_id] + list(src_ids) + [self.sep_id]
 
     def example(self, src_ids: Sequence[int], tgt_ids: Sequence[int]) -> dict[str, list[int]]:
@@ -73,6 +103,29 @@ class Format:
         if self.family == "seq2seq":
             return len(ex["input_ids"]) + len(ex["labels"])
         return len(ex["input_ids"])
+
+
+# A message whose ids occur unchanged inside the wrapped text: the ids around them are the prefix and suffix.
+_PROBE = "Probe message 12345."
+
+
+def _wrapping(tokenizer, style: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prefix, suffix) ids that the tokenizer (plain) or its chat template (chat) puts around a text's ids."""
+    from .errors import SeqkdError
+
+    bare = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
+    if style == "plain":
+        full = tokenizer(_PROBE)["input_ids"]
+    else:
+        full = tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], add_generation_prompt=True,
+                                             tokenize=True)
+        full = full["input_ids"] if isinstance(full, dict) or hasattr(full, "keys") else full
+    full = list(full)
+    for i in range(len(full) - len(bare) + 1):
+        if full[i: i + len(bare)] == bare:
+            return tuple(full[:i]), tuple(full[i + len(bare):])
+    raise SeqkdError(f"prompt format {style!r}: the tokenizer's wrapping changes the message's own tokens, so a "
+                     "prompt cannot be built from source ids")
 
 
 def encode_pairs(

@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from seqkd.errors import SeqkdError
+from seqkd.translation import PROMPT_FORMATS
 
 MODES = ("beam", "sample", "greedy")
-PROMPT_FORMATS = ("auto", "translation", "plain", "chat")
 
 # name -> module; each module defines ``create(model_dir, **options) -> Engine``.
 ENGINE_MODULES = {"hf": "seqkd.engines.hf", "vllm": "seqkd.engines.vllm"}
@@ -182,28 +182,14 @@ class TextCodec:
     fmt: Any = field(init=False)  # seqkd.translation.Format: pad/bos/eos ids (sep_id None for plain)
 
     def __post_init__(self) -> None:
-        from seqkd.translation import SEP_TOKEN, Format
+        from seqkd.translation import Format
 
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise SeqkdError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
         if not isinstance(self.max_source_len, int) or self.max_source_len < 1:
             raise SeqkdError(f"max_source_len must be a positive integer, got {self.max_source_len!r}")
-        if self.prompt_format == "auto":
-            has_sep = self.tgt_tok.convert_tokens_to_ids(SEP_TOKEN) not in (None, self.tgt_tok.unk_token_id)
-            self.prompt_format = "translation" if self.family == "seq2seq" or has_sep else "plain"
-        if self.prompt_format == "translation":
-            self.fmt = Format.from_tokenizer(self.family, self.tgt_tok)
-        else:
-            if self.family != "causal":
-                raise SeqkdError(f"prompt format {self.prompt_format!r} is for decoder-only models; an encoder-decoder "
-                                 "model takes the 'translation' format")
-            if self.prompt_format == "chat" and not getattr(self.src_tok, "chat_template", None):
-                raise SeqkdError("prompt format 'chat': the tokenizer has no chat template (use 'plain')")
-            eos = self.tgt_tok.eos_token_id
-            if eos is None:
-                raise SeqkdError("the tokenizer has no eos token: the teacher could never end a hypothesis")
-            pad = self.tgt_tok.pad_token_id if self.tgt_tok.pad_token_id is not None else eos
-            self.fmt = Format("causal", pad, self.tgt_tok.bos_token_id, eos, None)
+        if self.prompt_format == "chat" and not getattr(self.src_tok, "chat_template", None):
+            raise SeqkdError("prompt format 'chat': the tokenizer has no chat template (use 'plain')")
+        self.fmt = Format.from_tokenizer(self.family, self.tgt_tok, self.prompt_format)
+        self.prompt_format = self.fmt.style
 
     @property
     def eos_id(self) -> int:

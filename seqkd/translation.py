@@ -79,7 +79,7 @@ class Format:
         if tokenizer.eos_token_id is None:
             raise SeqkdError("the tokenizer has no eos token: generation could never end")
         prefix, suffix = _wrapping(tokenizer, prompt_format)
-        return cls(family, pad, tokenizer.bos_token_id, tokenizer.eos_token_id, sep_id, prompt_format, prefix, suffix)
+        return cls(family, pad, tokenizer.bos_token_id, tokenizer.eos_token_id, None, prompt_format, prefix, suffix)
 
     # --- ids ---------------------------------------------------------------------------------------
     def prompt_ids(self, src_ids: Sequence[int]) -> list[int]:
@@ -119,7 +119,7 @@ def _wrapping(tokenizer, style: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     else:
         full = tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], add_generation_prompt=True,
                                              tokenize=True)
-        full = full["input_ids"] if isinstance(full, dict) or hasattr(full, "keys") else full
+        full = full["input_ids"] if hasattr(full, "keys") else full  # transformers 5 returns a BatchEncoding
     full = list(full)
     for i in range(len(full) - len(bare) + 1):
         if full[i: i + len(bare)] == bare:

@@ -186,8 +186,6 @@ class TextCodec:
 
         if not isinstance(self.max_source_len, int) or self.max_source_len < 1:
             raise SeqkdError(f"max_source_len must be a positive integer, got {self.max_source_len!r}")
-        if self.prompt_format == "chat" and not getattr(self.src_tok, "chat_template", None):
-            raise SeqkdError("prompt format 'chat': the tokenizer has no chat template (use 'plain')")
         self.fmt = Format.from_tokenizer(self.family, self.tgt_tok, self.prompt_format)
         self.prompt_format = self.fmt.style
 

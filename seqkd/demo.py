@@ -12,16 +12,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import TrainConfig
+from seqkd.config import TrainConfig
 
 
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 0) -> dict:
     """Run the demo pipeline in ``out`` (re-running starts it afresh); returns the numbers it prints."""
-    from .evaluate import score, timed_translate
-    from .models import describe, load_model
-    from .synthetic import synthetic_pairs
-    from .tokenizer import load_tokenizers
-    from .train import train
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.evaluate import score, timed_translate
+    from seqkd.models import describe, load_model
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.student.train import train
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -57,12 +57,12 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, seed: int = 
 
 def _corpus_step(teacher: str, out: Path, *, n: int, seed: int) -> dict:
     """The teacher decodes fresh synthetic sources into a corpus; top and seq-inter select training data."""
-    from .corpus import format_summary, generate_corpus, read_corpus
-    from .data import Example
-    from .engines import DecodeSettings, get_engine
-    from .evaluate import score
-    from .select import select, write_training_data
-    from .synthetic import synthetic_pairs
+    from seqkd.data.files import Example
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.evaluate import score
+    from seqkd.teacher.corpus import format_summary, generate_corpus, read_corpus
+    from seqkd.teacher.engines import DecodeSettings, get_engine
+    from seqkd.teacher.selection import select, write_training_data
 
     settings = DecodeSettings(mode="beam", beam_size=4, nbest=4, max_new_tokens=64, topk_logprobs=8)
     print(f"[3/5] distillation corpus: the teacher decodes {n} sources (beam 4, 4-best, top-8 log-probs)")
@@ -87,11 +87,11 @@ def _student_step(teacher: str, out: Path, test: tuple[list[str], list[str]], te
                   teacher_wps: float, *, steps: int, seed: int) -> dict:
     """A baseline student (references, CE) and a distilled one (teacher's top outputs, CE + online forward KL),
     same preset and steps; both scored beside the teacher."""
-    from .distill import distill
-    from .distill_config import DistillConfig
-    from .evaluate import score, timed_translate
-    from .models import describe, load_model
-    from .tokenizer import load_tokenizers
+    from seqkd.config import DistillConfig
+    from seqkd.evaluate import score, timed_translate
+    from seqkd.models import describe, load_model
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.student.distill import distill
 
     print(f"[4/5] students: marian-tiny-student, {steps} steps each: baseline (references, CE) vs distilled "
           "(teacher outputs, CE + forward KL)")
@@ -123,8 +123,8 @@ def _student_step(teacher: str, out: Path, test: tuple[list[str], list[str]], te
 def _draft_step(teacher: str, out: Path, prompts: list[str], *, steps: int, seed: int) -> dict:
     """DistillSpec: the distilled student aligned to the teacher on its own samples (on-policy, TVD); acceptance
     and speedup of speculative decoding (gamma 4, temperature 1) before and after, on held-out sources."""
-    from .align import AlignConfig, align
-    from .synthetic import synthetic_pairs
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.speculative.align import AlignConfig, align
 
     print(f"[5/5] draft: the distilled student aligned to the teacher (DistillSpec: on-policy, TVD, {steps} steps); "
           f"speculative decoding of {len(prompts)} test sources, gamma 4, temperature 1")

@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .errors import SeqkdError
+from seqkd.errors import SeqkdError
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Speed:
 
 def timed_translate(model, src_tok, tgt_tok, sources: Sequence[str], **kw) -> tuple[list[str], Speed]:
     """Translate and time it (wall clock, whole batch loop); words counted on the output side."""
-    from .decoding import translate
+    from seqkd.teacher.decoding import translate
 
     t0 = time.perf_counter()
     hyps = translate(model, src_tok, tgt_tok, sources, **kw)

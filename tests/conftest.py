@@ -47,7 +47,7 @@ def tiny_mt_model(tmp_path_factory) -> Path:
     """A marian-tiny model trained briefly on the synthetic task (model + tokenizer in one directory).
     Enough to decode deterministically, not to translate well; shared by the decoding and CLI tests."""
     from seqkd.config import TrainConfig
-    from seqkd.train import train
+    from seqkd.student.train import train
 
     out = tmp_path_factory.mktemp("tiny_mt") / "model"
     train(TrainConfig(out=str(out), model="marian-tiny", data="synthetic", synthetic_size=1500, vocab_size=160,
@@ -60,7 +60,7 @@ def tiny_mt_model(tmp_path_factory) -> Path:
 def tiny_lm_model(tmp_path_factory) -> Path:
     """A llama-tiny (decoder-only) translation model trained briefly on the synthetic task."""
     from seqkd.config import TrainConfig
-    from seqkd.train import train
+    from seqkd.student.train import train
 
     out = tmp_path_factory.mktemp("tiny_lm") / "model"
     train(TrainConfig(out=str(out), model="llama-tiny", data="synthetic", synthetic_size=1500, vocab_size=160,

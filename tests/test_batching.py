@@ -1,6 +1,6 @@
 import numpy as np
 
-from seqkd.batching import TokenBudgetBatchSampler
+from seqkd.data.batching import TokenBudgetBatchSampler
 
 
 def test_batches_respect_budget_and_cover_every_example_once():

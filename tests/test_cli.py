@@ -123,7 +123,7 @@ def test_eval_scores_with_signature(capsys, files):
 
 
 def test_translate_keeps_line_alignment(capsys, tmp_path, files, tiny_mt_model):
-    from seqkd.synthetic import synthetic_pairs
+    from seqkd.data.synthetic import synthetic_pairs
 
     srcs, refs = synthetic_pairs(7, seed=5, multimodality=0.0)
     lines = srcs[:3] + [""] + srcs[3:]

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-
 from test_cli import assert_error, run
 
 

@@ -11,7 +11,10 @@ import time
 import pytest
 import torch
 
-from seqkd.corpus import (
+from seqkd.data.files import Example
+from seqkd.data.synthetic import synthetic_pairs
+from seqkd.errors import DataError, SeqkdError
+from seqkd.teacher.corpus import (
     CORPUS_FILE,
     MANIFEST,
     chunk_file_name,
@@ -22,11 +25,8 @@ from seqkd.corpus import (
     read_manifest,
     shard_dir_name,
 )
-from seqkd.data import Example
-from seqkd.engines import DecodeSettings, get_engine
-from seqkd.errors import DataError, SeqkdError
-from seqkd.select import select
-from seqkd.synthetic import synthetic_pairs
+from seqkd.teacher.engines import DecodeSettings, get_engine
+from seqkd.teacher.selection import select
 
 BATCH = 2  # engine batch size: part of the manifest, so the subprocess worker uses the same
 
@@ -55,9 +55,10 @@ def _one_line_error(excinfo, *needles):
 # --- kill and resume -------------------------------------------------------------------------------------------------
 WORKER = r"""
 import json, sys
-from seqkd.corpus import generate_corpus
-from seqkd.data import Example
-from seqkd.engines import DecodeSettings, get_engine
+from seqkd.teacher.corpus import generate_corpus
+from seqkd.data.files import Example
+from seqkd.teacher.engines import DecodeSettings
+from seqkd.teacher.engines import get_engine
 job = json.loads(sys.argv[1])
 engine = get_engine("hf", job["model"], batch_size=job["batch_size"])
 examples = [Example(*e) for e in job["examples"]]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from seqkd.data import Example, ReadStats, read_lines, read_parallel, write_lines
+from seqkd.data.files import Example, ReadStats, read_lines, read_parallel, write_lines
 from seqkd.errors import DataError, SeqkdError
 
 

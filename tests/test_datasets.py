@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from seqkd import datasets
-from seqkd.datasets import (
+from seqkd.data import registry as datasets
+from seqkd.data.registry import (
     RemoteFile,
     cache_dir,
     list_datasets,

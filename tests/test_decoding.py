@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from seqkd.decoding import generate_ids, generation_config, translate
+from seqkd.data.prompts import Format
+from seqkd.data.synthetic import synthetic_pairs
 from seqkd.models import family, load_model
-from seqkd.synthetic import synthetic_pairs
-from seqkd.tokenizer import load_tokenizers
-from seqkd.translation import Format
+from seqkd.models.tokenizer import load_tokenizers
+from seqkd.teacher.decoding import generate_ids, generation_config, translate
 
 
 @pytest.fixture(params=["tiny_mt_model", "tiny_lm_model"])

@@ -2,26 +2,26 @@
 initialisation from the teacher, bad input, and end-to-end distillation on the synthetic task."""
 
 import json
-import shutil
 
 import pytest
 import torch
 
-from seqkd import losses
-from seqkd.distill import DistillCollator, exact_example, prepare_distill, read_selection, selection_examples
-from seqkd.distill_config import DistillConfig
+from seqkd.config import DistillConfig
+from seqkd.data.batching import DistillCollator
+from seqkd.data.prompts import IGNORE_INDEX, Format
 from seqkd.errors import DataError, SeqkdError
-from seqkd.student_init import init_from_teacher, layer_map
-from seqkd.translation import IGNORE_INDEX, Format
+from seqkd.models.student_init import init_from_teacher, layer_map
+from seqkd.student.distill import distill_trainer
+from seqkd.student.setup import read_selection, selection_examples
 
 
 def _corpus(teacher, tmp_path, n=40, topk=0, seed=5):
     """A beam n-best corpus of the teacher on synthetic sources and its top-1 selection file."""
-    from seqkd.corpus import generate_corpus, read_corpus
-    from seqkd.data import Example
-    from seqkd.engines import DecodeSettings, get_engine
-    from seqkd.select import select, write_training_data
-    from seqkd.synthetic import synthetic_pairs
+    from seqkd.data.files import Example
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.teacher.corpus import generate_corpus, read_corpus
+    from seqkd.teacher.engines import DecodeSettings, get_engine
+    from seqkd.teacher.selection import select, write_training_data
 
     srcs, refs = synthetic_pairs(n, seed=seed, multimodality=0.3)
     engine = get_engine("hf", str(teacher), batch_size=50)
@@ -41,7 +41,7 @@ def _cfg(tmp_path, teacher, train, **kw):
 
 
 def test_selection_examples_keep_the_teachers_tokens_and_align_topk(tiny_mt_model, tiny_lm_model, tmp_path):
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
 
     src_tok, tgt_tok = load_tokenizers(tiny_lm_model)
     rec = {"id": 0, "source": "lesko sush", "target": "x", "reference": "the man", "token_ids": [7, 8, 3],
@@ -85,14 +85,14 @@ def _first_batch(trainer):
 
 def test_offline_topk_with_the_full_vocabulary_equals_online_kd(tiny_mt_model, tmp_path):
     """Stored top-k with k = V is the teacher's whole distribution: the offline KD term equals the online one."""
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
 
     vocab = len(load_tokenizers(tiny_mt_model)[1])
     train = _corpus(tiny_mt_model, tmp_path, n=12, topk=vocab)
     terms = {}
     for mode in ("online", "offline"):
         torch.manual_seed(0)
-        trainer, _, _ = prepare_distill(_cfg(tmp_path, tiny_mt_model, train, kd_mode=mode, kd_weight=0.5,
+        trainer, _ = distill_trainer(_cfg(tmp_path, tiny_mt_model, train, kd_mode=mode, kd_weight=0.5,
                                              divergence="jsd", seed=3))
         model = trainer.model
         model.train()
@@ -112,7 +112,7 @@ def test_loss_hook_matches_a_hand_computation(tiny_mt_model, tmp_path):
         r["weight"] = 0.25 + 0.5 * (i % 2)
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     w, temp = 0.3, 2.0
-    trainer, _, _ = prepare_distill(_cfg(tmp_path, tiny_mt_model, train, kd_weight=w, kd_temperature=temp,
+    trainer, _ = distill_trainer(_cfg(tmp_path, tiny_mt_model, train, kd_weight=w, kd_temperature=temp,
                                          divergence="tvd"))
     model = trainer.model
     batch = _first_batch(trainer)
@@ -181,15 +181,15 @@ def test_bad_teacher_student_pairs(tiny_mt_model, tiny_lm_model, tmp_path):
     train = _corpus(tiny_mt_model, tmp_path, n=4)
     other = tmp_path / "other"
     from seqkd.models import build_model, save_model
-    from seqkd.tokenizer import train_tokenizer
+    from seqkd.models.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["completely different words here"] * 50, tmp_path / "tok", vocab_size=40)
     save_model(build_model("marian-tiny", vocab_size=len(tok), seed=0), (tok, tok), other)
     with pytest.raises(SeqkdError, match="different tokenizers"):
-        prepare_distill(_cfg(tmp_path, tiny_mt_model, train, model=str(other)))
+        distill_trainer(_cfg(tmp_path, tiny_mt_model, train, model=str(other)))
     with pytest.raises(SeqkdError, match="online KD runs the teacher on the student's inputs"):
-        prepare_distill(_cfg(tmp_path, tiny_lm_model, tmp_path / "train.jsonl", model="marian-tiny"))
+        distill_trainer(_cfg(tmp_path, tiny_lm_model, tmp_path / "train.jsonl", model="marian-tiny"))
     with pytest.raises(SeqkdError, match="give a `seqkd select` file"):
         src = tmp_path / "plain.tsv"
         src.write_text("a b\tc d\n")
-        prepare_distill(_cfg(tmp_path, tiny_mt_model, src, kd_mode="offline"))
+        distill_trainer(_cfg(tmp_path, tiny_mt_model, src, kd_mode="offline"))

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seqkd.synthetic import synthetic_pairs
-from seqkd.train import latest_checkpoint
+from seqkd.data.synthetic import synthetic_pairs
+from seqkd.student.trainer import latest_checkpoint
 
 # Measured (torch 2.13 CPU, gloo): the two runs' weights are bit-identical (max |diff| 0.0) and so are the logged
 # losses and gradient norms -- the only difference in the reduction is (g0 + g1) * 2 / 2 in DDP against g0 + g1
@@ -88,9 +88,9 @@ def test_ddp_matches_one_process_with_grad_accum(tmp_path, tiny_mt_model):
         torch.testing.assert_close(w_ddp[k], w_single[k], **WEIGHT_TOL, msg=lambda m, k=k: f"{k} (max {worst}): {m}")
 
     # ... and the runs did train: the weights moved away from the student's initialisation (same seed, same preset)
-    from seqkd.distill_config import DistillConfig
-    from seqkd.prepare import model_for
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.config import DistillConfig
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.student.setup import model_for
 
     src_tok, tgt_tok = load_tokenizers(tiny_mt_model)
     cfg = DistillConfig(out=str(tmp_path / "unused"), teacher=str(tiny_mt_model), model="marian-tiny",

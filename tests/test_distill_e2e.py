@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from seqkd.distill import distill
-from seqkd.distill_config import DistillConfig
+from seqkd.config import DistillConfig
+from seqkd.student.distill import distill
 
 pytestmark = pytest.mark.slow
 
@@ -32,12 +32,12 @@ VARIANTS = {
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from seqkd.config import TrainConfig
-    from seqkd.corpus import generate_corpus, read_corpus
-    from seqkd.data import Example
-    from seqkd.engines import DecodeSettings, get_engine
-    from seqkd.select import select, write_training_data
-    from seqkd.synthetic import synthetic_pairs
-    from seqkd.train import train
+    from seqkd.data.files import Example
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.student.train import train
+    from seqkd.teacher.corpus import generate_corpus, read_corpus
+    from seqkd.teacher.engines import DecodeSettings, get_engine
+    from seqkd.teacher.selection import select, write_training_data
 
     root = tmp_path_factory.mktemp("distill_e2e")
     teacher = root / "teacher"
@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
 def test_each_distillation_variant_trains(setup, name):
     from seqkd.evaluate import score, timed_translate
     from seqkd.models import load_model
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
 
     root, teacher, test_src, test_ref = setup
     v = dict(VARIANTS[name])

@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
-import seqkd.engines as engines
-from seqkd.engines import Candidate, DecodeSettings, Engine, TextCodec, get_engine
+import seqkd.teacher.engines as engines
+from seqkd.data.synthetic import synthetic_pairs
 from seqkd.errors import SeqkdError
-from seqkd.synthetic import synthetic_pairs
+from seqkd.teacher.engines import Candidate, DecodeSettings, Engine, TextCodec, get_engine
 
 # Stored log-probs are float32 values; the engine's batched, padded forward pass and the reference unpadded
 # single-sequence pass differ by float32 rounding only (measured: < 2e-6 on these models).
@@ -153,8 +153,8 @@ def test_engine_registry_and_bad_teachers(tiny_lm_model, tmp_path, monkeypatch):
     with pytest.raises(SeqkdError, match="engine hf: .*beams"):
         get_engine("hf", str(tiny_lm_model), beams=4)
     # an engine whose module is not there (the vLLM engine before it lands): a clear error, not a traceback
-    monkeypatch.setitem(engines.ENGINE_MODULES, "vllm", "seqkd.engines._not_installed")
-    with pytest.raises(SeqkdError, match="vllm engine is not available.*seqkd.engines._not_installed"):
+    monkeypatch.setitem(engines.ENGINE_MODULES, "vllm", "seqkd.teacher.engines._not_installed")
+    with pytest.raises(SeqkdError, match="vllm engine is not available.*seqkd.teacher.engines._not_installed"):
         get_engine("vllm", str(tiny_lm_model))
 
     # a teacher directory without a tokenizer
@@ -166,7 +166,7 @@ def test_engine_registry_and_bad_teachers(tiny_lm_model, tmp_path, monkeypatch):
         get_engine("hf", str(bare))
     # a tokenizer with more ids than the model's vocabulary
     from seqkd.models import build_model, save_model
-    from seqkd.tokenizer import load_tokenizer
+    from seqkd.models.tokenizer import load_tokenizer
 
     small = tmp_path / "small"
     save_model(build_model("llama-tiny", vocab_size=40, seed=0), None, small)
@@ -178,7 +178,7 @@ def test_engine_registry_and_bad_teachers(tiny_lm_model, tmp_path, monkeypatch):
 
 
 def test_prompt_formats(tiny_lm_model, tiny_mt_model):
-    from seqkd.tokenizer import load_tokenizer
+    from seqkd.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_lm_model)
     auto = TextCodec("causal", tok, tok)
@@ -196,7 +196,7 @@ def test_prompt_formats(tiny_lm_model, tiny_mt_model):
 
 
 def test_chat_prompt_format(tiny_lm_model, tmp_path):
-    from seqkd.tokenizer import load_tokenizer
+    from seqkd.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_lm_model)
     with pytest.raises(SeqkdError, match="no chat template"):

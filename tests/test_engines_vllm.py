@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from seqkd.engines import DecodeSettings, get_engine
 from seqkd.errors import SeqkdError
+from seqkd.teacher.engines import DecodeSettings, get_engine
 
 WORKER = Path(__file__).with_name("vllm_engine_worker.py")
 ATOL = 1e-4
@@ -37,7 +37,7 @@ def _need_vllm():
 def runs(tiny_lm_model):
     """(hf engine, prompts, {job: vLLM candidates}); the sampling job runs twice (``sample`` and ``sample2``)."""
     _need_vllm()
-    from seqkd.synthetic import synthetic_pairs
+    from seqkd.data.synthetic import synthetic_pairs
 
     hf = get_engine("hf", str(tiny_lm_model), batch_size=16)
     srcs, _ = synthetic_pairs(40, seed=11, multimodality=0.3)
@@ -152,8 +152,8 @@ def test_vllm_engine_rejects_bad_options(tiny_lm_model):
 def test_seqkd_generate_cli_with_vllm_equals_hf_corpus(tiny_lm_model, tmp_path):
     """`seqkd generate --engine vllm` end to end (vLLM's worker processes need the entry point's main guard)."""
     _need_vllm()
-    from seqkd.corpus import read_corpus
-    from seqkd.synthetic import synthetic_pairs
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.teacher.corpus import read_corpus
 
     srcs, refs = synthetic_pairs(30, seed=21, multimodality=0.0)
     (tmp_path / "src.txt").write_text("\n".join(srcs) + "\n")

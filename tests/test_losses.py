@@ -1,4 +1,4 @@
-"""seqkd.losses / seqkd.losses_fused: every divergence against an independent float64 reference written with
+"""seqkd.student.losses / seqkd.student.losses.fused: every divergence against an independent float64 reference written with
 probabilities, gradients (gradcheck), properties, the sparse teacher, and chunked / fused == plain."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqkd import losses as L
-from seqkd.losses import ALIASES, DIVERGENCES, TopKTeacher, get_divergence
-from seqkd.losses_fused import TeacherHead, chunked, fused
+from seqkd.student import losses as L
+from seqkd.student.losses import ALIASES, DIVERGENCES, TopKTeacher, get_divergence
+from seqkd.student.losses.fused import TeacherHead, chunked, fused
 
 # (name, params): each divergence at its defaults plus the parameter values that change its character.
 CASES = [

@@ -11,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
+
 # The model classes are imported here so that transformers' import cost falls in collection, not in the first test.
 from transformers import LlamaForCausalLM, MarianMTModel, PreTrainedTokenizerFast  # noqa: F401
 
-import seqkd.models as sm
+import seqkd.models.loading as sm
 from seqkd.errors import SeqkdError
 from seqkd.models import (
     PRESETS,
@@ -196,12 +197,12 @@ def test_save_model_writes_separate_source_tokenizer(tmp_path):
     model = build_model("marian-tiny", vocab_size=len(src), decoder_vocab_size=len(tgt))
     save_model(model, (src, tgt), tmp_path)
     assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["vocab"]["w44"] == 49
-    assert (tmp_path / sm.SOURCE_TOKENIZER_DIR / "tokenizer.json").is_file()
+    assert (tmp_path / sm.SOURCE_SUBDIR / "tokenizer.json").is_file()
     with pytest.raises(SeqkdError, match="^tokenizer has 50 tokens but the model's vocabulary is 45$"):
         save_model(model, (tgt, tgt), tmp_path / "swapped")
     joint = build_model("marian-tiny", vocab_size=len(tgt))
     save_model(joint, (tgt, tgt), tmp_path / "joint")  # the same object twice: no source_tokenizer/
-    assert not (tmp_path / "joint" / sm.SOURCE_TOKENIZER_DIR).exists()
+    assert not (tmp_path / "joint" / sm.SOURCE_SUBDIR).exists()
 
 
 def test_save_model_rejects_tokenizer_bigger_than_vocab(tmp_path):

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from seqkd.data import read_parallel
+from seqkd.data.files import read_parallel
 from seqkd.errors import SeqkdError
-from seqkd.select import select, sentence_metric, write_training_data
+from seqkd.teacher.selection import select, sentence_metric, write_training_data
 
 REF = "the small dog runs in the park"
 # The teacher's n-best, best first: a short, confident hypothesis, then two full-length ones that each change one

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from seqkd.spec.acceptance import greedy_accept, sample_accept
+from seqkd.speculative.acceptance import greedy_accept, sample_accept
 
 V = 6
 

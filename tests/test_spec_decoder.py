@@ -9,8 +9,8 @@ import torch
 from scipy.stats import chisquare
 
 from seqkd.models import build_model, load_model
-from seqkd.spec import autoregressive_generate, speculative_generate
-from seqkd.spec import decoder as spec_decoder
+from seqkd.speculative import autoregressive_generate, speculative_generate
+from seqkd.speculative import decoder as spec_decoder
 
 
 def _perturbed(model, scale: float, seed: int):
@@ -173,7 +173,7 @@ def test_verified_acceptance_agrees_with_one_minus_tvd(tiny_pair):
     """Per tested token, P(accept | context) = sum_x min(p, q) exactly, so the verified acceptance rate and the
     analytic estimate on the same contexts agree within binomial noise (4 standard errors)."""
     target, draft, ids = tiny_pair
-    from seqkd.spec import SpecStats
+    from seqkd.speculative import SpecStats
 
     total = SpecStats()
     for s in range(300):

@@ -6,13 +6,12 @@ import subprocess
 import sys
 
 import pytest
-
-from seqkd.models import build_model, load_model
-from seqkd.speculate import SpeculateConfig, speculate
-from seqkd.synthetic import synthetic_pairs
-from seqkd.tokenizer import load_tokenizers, save_tokenizers
-
 from test_engines_vllm import _need_vllm
+
+from seqkd.data.synthetic import synthetic_pairs
+from seqkd.models import build_model, load_model
+from seqkd.models.tokenizer import load_tokenizers, save_tokenizers
+from seqkd.speculative.runners import SpeculateConfig, speculate
 
 
 @pytest.mark.vllm

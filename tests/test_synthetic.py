@@ -6,8 +6,7 @@ from collections import Counter
 
 import pytest
 
-from seqkd.errors import DataError, SeqkdError
-from seqkd.synthetic import (
+from seqkd.data.synthetic import (
     LEXICON,
     canonical_translation,
     count_translations,
@@ -16,6 +15,7 @@ from seqkd.synthetic import (
     synthetic_pairs,
     vocabulary,
 )
+from seqkd.errors import DataError, SeqkdError
 
 
 def test_vocabulary_sizes_and_disjointness():

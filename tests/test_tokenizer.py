@@ -1,4 +1,4 @@
-"""seqkd.tokenizer: the HF fast tokenizer gives exactly sentencepiece's ids, reloads, and round-trips."""
+"""seqkd.models.tokenizer: the HF fast tokenizer gives exactly sentencepiece's ids, reloads, and round-trips."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ sentencepiece = pytest.importorskip("sentencepiece")
 transformers = pytest.importorskip("transformers")
 
 from seqkd.errors import DataError, SeqkdError  # noqa: E402
-from seqkd.tokenizer import (  # noqa: E402
+from seqkd.models.tokenizer import (  # noqa: E402
     SOURCE_SUBDIR,
     SPECIALS,
     SPM_FILE,
@@ -43,7 +43,7 @@ EDGE_CASES = [
 def _multi30k(split: str) -> tuple[list[str], list[str]]:
     """(German, English) lines of a Multi30k split; skip (or fail in CI) when the data is absent."""
     try:
-        from seqkd.datasets import parallel_files
+        from seqkd.data.registry import parallel_files
     except ImportError:  # the dataset registry is not there: read $SEQKD_DATA_DIR directly
         root = Path(os.environ.get("SEQKD_DATA_DIR", "/nonexistent")) / "multi30k"
 
@@ -123,7 +123,7 @@ def test_special_tokens(joint):
     assert tok.sep_token_id == tok.convert_tokens_to_ids("<sep>") == 4
     assert [sp.id_to_piece(i) for i in range(5)] == list(SPECIALS)
     assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)
-    # no post-processor: add_special_tokens=True adds nothing (seqkd.translation adds bos/eos/sep)
+    # no post-processor: add_special_tokens=True adds nothing (seqkd.data.prompts adds bos/eos/sep)
     text = "Ein Mann fährt Fahrrad."
     plain = tok(text, add_special_tokens=False)["input_ids"]
     assert tok(text)["input_ids"] == plain == sp.encode(text)

@@ -8,8 +8,9 @@ from transformers import TrainerCallback, set_seed
 
 from seqkd.config import TrainConfig
 from seqkd.errors import SeqkdError
-from seqkd.prepare import prepare_run
-from seqkd.train import check_out_dir, make_trainer, train
+from seqkd.student.setup import build_trainer, prepare_train
+from seqkd.student.train import train
+from seqkd.student.trainer import check_out_dir
 
 
 def _cfg(tmp_path, name, **kw):
@@ -41,8 +42,8 @@ def test_resume_gives_the_same_loss_curve(tmp_path, model):
     # interrupted after the checkpoint at step 6, then resumed with --resume
     cfg = _cfg(tmp_path, "cut", model=model)
     set_seed(cfg.seed)
-    run = prepare_run(cfg)
-    trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid)
+    run = prepare_train(cfg)
+    trainer = build_trainer(cfg, run)
     trainer.add_callback(_StopAt(6))
     trainer.train()
     assert trainer.state.global_step == 6
@@ -62,8 +63,8 @@ def test_loss_is_normalised_by_the_step_token_count(tmp_path):
     so gradient accumulation and DDP splits do not change the objective."""
     cfg = _cfg(tmp_path, "norm", dropout=0.0)
     set_seed(0)
-    run = prepare_run(cfg)
-    trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid)
+    run = prepare_train(cfg)
+    trainer = build_trainer(cfg, run)
     model = trainer.model.train()
     exs = run.train_examples[:8]
     collate = trainer.data_collator
@@ -108,11 +109,11 @@ def test_config_validation(tmp_path, bad, msg):
 def test_tiny_teacher_learns_the_synthetic_task(tmp_path, model, steps, threshold):
     """Chance BLEU on this task is ~1 (an untrained model scores 0-2); the thresholds are well below what
     these runs reach (see the closing note of the foundation issue) and far above chance."""
+    from seqkd.data.synthetic import synthetic_pairs
     from seqkd.evaluate import score
-    from seqkd.decoding import translate
     from seqkd.models import load_model
-    from seqkd.synthetic import synthetic_pairs
-    from seqkd.tokenizer import load_tokenizers
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.teacher.decoding import translate
 
     cfg = _cfg(tmp_path, model, model=model, synthetic_size=4000, vocab_size=256, max_steps=steps, lr=3e-3,
                warmup_steps=100, max_tokens=2048, eval_steps=steps, bleu_samples=100, logging_steps=50,

@@ -27,11 +27,11 @@ def vllm_greedy(model_dir, prompts, max_tokens, stop=()):
 
 
 def test_vllm_generates_like_hf_for_a_seqkd_model(tiny_lm_model):
-    from seqkd.decoding import generate_ids, generation_config
+    from seqkd.data.prompts import Format
+    from seqkd.data.synthetic import synthetic_pairs
     from seqkd.models import load_model
-    from seqkd.synthetic import synthetic_pairs
-    from seqkd.tokenizer import load_tokenizers
-    from seqkd.translation import Format
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.teacher.decoding import generate_ids, generation_config
 
     model = load_model(tiny_lm_model)
     src_tok, tgt_tok = load_tokenizers(tiny_lm_model)
@@ -47,9 +47,9 @@ def test_vllm_generates_like_hf_for_a_seqkd_model(tiny_lm_model):
 @pytest.mark.slow
 def test_gguf_converted_smollm2_generates_in_seqkd_and_vllm(tmp_path_factory):
     import torch
+    from transformers import AutoTokenizer
 
     from seqkd.models import convert_gguf, load_model, smollm2_gguf_path
-    from transformers import AutoTokenizer
 
     out = convert_gguf(smollm2_gguf_path(), tmp_path_factory.mktemp("smollm2") / "model")
     model = load_model(out)

@@ -11,7 +11,7 @@ import sys
 
 
 def main() -> None:
-    from seqkd.engines import DecodeSettings, get_engine
+    from seqkd.teacher.engines import DecodeSettings, get_engine
 
     model_dir, spec = sys.argv[1], json.loads(sys.argv[2])
     engine = get_engine("vllm", model_dir, dtype="float32", kv_cache_space=1, enforce_eager=True,

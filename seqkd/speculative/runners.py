@@ -1,0 +1,215 @@
+"""``seqkd speculate``: a target and its draft on a prompt set, with acceptance, block efficiency, cost ratio,
+latency and speedup over target-only decoding, in seqkd's exact decoder, HF assisted generation or vLLM.
+
+The dataclass is the CLI (``seqkd speculate --help``); :func:`speculate` is the Python entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+
+from seqkd.config import SpeculateConfig
+from seqkd.errors import SeqkdError
+from seqkd.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+
+
+def check_pair(target_dir: str, draft_dir: str):
+    """Load both tokenizers and fail clearly unless their vocabularies are the same token -> id map."""
+    from seqkd.models.tokenizer import load_tokenizers, same_vocab
+
+    t_src, t_tgt = load_tokenizers(target_dir)
+    d_src, d_tgt = load_tokenizers(draft_dir)
+    if not (same_vocab(t_tgt, d_tgt) and same_vocab(t_src, d_src)):
+        raise SeqkdError(f"target {target_dir} and draft {draft_dir} have different tokenizers "
+                         f"({len(t_tgt)} vs {len(d_tgt)} tokens, or the same size with other ids): a draft must share "
+                         "the target's vocabulary")
+    return t_src, t_tgt
+
+
+def read_prompts(cfg) -> list[str]:
+    """The prompt texts of ``cfg.input`` or ``cfg.data``/``cfg.split`` (first ``cfg.limit``); never empty."""
+    from seqkd.data.files import read_lines
+    from seqkd.data.registry import load_parallel
+
+    if not (cfg.input or cfg.data):
+        raise SeqkdError("give either --input FILE or --data NAME")
+    if cfg.data:
+        texts = load_parallel(cfg.data, cfg.split)[0]
+    else:
+        texts, _ = read_lines(cfg.input, max_chars=None)  # empty lines are skipped
+    return _usable(texts, cfg, f"{cfg.input or cfg.data} has no non-empty lines")
+
+
+def _usable(texts: list[str], cfg, where: str) -> list[str]:
+    texts = [t for t in texts if t.strip()][: cfg.limit]
+    if not texts:
+        raise SeqkdError(f"no prompts: {where}")
+    return texts
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load(path: str, cfg: SpeculateConfig):
+    from seqkd.models import load_model
+
+    return load_model(path, dtype=_DTYPES[cfg.dtype], device=cfg.device)
+
+
+def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft=None, tokenizers=None,
+              prompts: list[str] | None = None) -> dict[str, Any]:
+    """Decode the prompts target-only and speculatively; returns the report (also written to ``cfg.out``).
+
+    A caller that already holds them passes the loaded ``target`` / ``draft`` models, their ``tokenizers`` ``(source,
+    target)`` and the ``prompts`` (texts): then nothing is loaded or read, and ``cfg.target`` / ``cfg.draft`` /
+    ``cfg.input`` only name them in the report (the seqkd and hf engines; vLLM loads its own models from paths)."""
+    from seqkd.models import count_parameters
+    from seqkd.teacher.engines import TextCodec
+
+    holds = target is not None or draft is not None
+    if holds and (target is None or draft is None or tokenizers is None):
+        raise SeqkdError("speculate(): pass target, draft and tokenizers together")
+    if holds and cfg.engine == "vllm":
+        raise SeqkdError("the vllm engine loads its models from directories: pass paths, not loaded models")
+    texts = _usable(list(prompts), cfg, "the prompt list is empty") if prompts is not None else read_prompts(cfg)
+    src_tok, tgt_tok = tokenizers if holds else check_pair(cfg.target, cfg.draft)
+    if cfg.engine == "vllm":
+        from seqkd.speculative.vllm_runner import vllm_speculate
+
+        report = vllm_speculate(cfg, texts)
+    else:
+        if not holds:
+            target, draft = _load(cfg.target, cfg), _load(cfg.draft, cfg)
+        t_params, d_params = count_parameters(target), count_parameters(draft)
+        family = "seq2seq" if target.config.is_encoder_decoder else "causal"
+        if bool(draft.config.is_encoder_decoder) != (family == "seq2seq"):
+            raise SeqkdError("target and draft must be of the same family (both decoder-only or both encoder-decoder)")
+        codec = TextCodec(family, src_tok, tgt_tok, prompt_format=cfg.prompt_format)
+        prompt_ids = [torch.tensor([ids]) for ids in codec.encode(texts)]
+        was_training = (target.training, draft.training)
+        target.eval(), draft.eval()
+        run = _run_seqkd if cfg.engine == "seqkd" else _run_hf
+        report = run(cfg, target, draft, prompt_ids, progress)
+        target.train(was_training[0]), draft.train(was_training[1])
+        report["params"] = {"target": t_params, "draft": d_params}
+        if d_params > t_params:
+            log.warning("the draft (%d parameters) is larger than the target (%d): measured cost ratio c = %.2f",
+                        d_params, t_params, report.get("cost_ratio") or float("nan"))
+    report.update(engine=cfg.engine, target=cfg.target, draft=cfg.draft, prompts=len(texts), gamma=cfg.gamma,
+                  temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                  adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience)
+    if cfg.out:
+        atomic_write_json(cfg.out, report)
+    return report
+
+
+def _bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
+
+
+def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
+    """Target-only and speculative decoding of each prompt, interleaved (machine noise hits both alike)."""
+    from seqkd.speculative import SpecStats, autoregressive_generate, speculative_generate
+
+    kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    for ids in prompts[: cfg.warmup]:
+        autoregressive_generate(target, ids, **kw, seed=cfg.seed)
+        speculative_generate(target, draft, ids, gamma=cfg.gamma, **kw, seed=cfg.seed)
+    base, spec = SpecStats(), SpecStats()
+    same = 0
+    with _bar(len(prompts), progress, "speculate") as bar:
+        for i, ids in enumerate(prompts):
+            b = autoregressive_generate(target, ids, **kw, seed=cfg.seed + i)
+            s = speculative_generate(target, draft, ids, gamma=cfg.gamma, adaptive_gamma=cfg.adaptive_gamma,
+                                     lenience=cfg.lenience, **kw, seed=cfg.seed + i)
+            base += b.stats
+            spec += s.stats
+            same += b.new_tokens == s.new_tokens
+            bar.update()
+            bar.set_postfix(accept=f"{spec.acceptance_rate:.2f}", tau=f"{spec.block_efficiency:.2f}")
+    out = spec.summary()
+    if not cfg.adaptive_gamma:  # the bound for the gamma asked for (blocks near the end draft fewer)
+        out["leviathan_bound"] = spec.bound(cfg.gamma)
+    out.update(target_only_tokens_per_s=base.tokens_per_s, speculative_tokens_per_s=spec.tokens_per_s,
+               speedup=spec.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0,
+               target_step_seconds=base.target_seconds / max(base.target_calls, 1),
+               identical_outputs=same / len(prompts))
+    return out
+
+
+class _CallCounter:
+    """Counts a model's forward calls (HF assisted generation exposes no acceptance counters)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _run_hf(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
+    """transformers assisted generation (``assistant_model=draft``) vs plain ``generate``, interleaved. Acceptance
+    is counted from forward calls: each target call emits its accepted run plus one token."""
+    sample = cfg.temperature > 0
+    gen_kw: dict[str, Any] = dict(do_sample=sample, max_new_tokens=cfg.max_new_tokens, num_beams=1)
+    if sample:
+        gen_kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+    draft.generation_config.num_assistant_tokens = cfg.gamma
+    draft.generation_config.num_assistant_tokens_schedule = "heuristic" if cfg.adaptive_gamma else "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0  # draft gamma tokens, as the other engines
+
+    def run(ids, assisted: bool, seed: int) -> tuple[int, float]:
+        ids = ids.to(target.device)
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kw,
+                              **({"assistant_model": draft} if assisted else {}))
+        dt = time.perf_counter() - t0
+        n = out.shape[1] - (1 if target.config.is_encoder_decoder else ids.shape[1])
+        return n, dt
+
+    for ids in prompts[: cfg.warmup]:
+        run(ids, False, cfg.seed)
+        run(ids, True, cfg.seed)
+    base_tok = spec_tok = 0
+    base_s = spec_s = 0.0
+    tc, dc = _CallCounter(target), _CallCounter(draft)
+    drafted = target_calls = 0
+    try:
+        with _bar(len(prompts), progress, "speculate (hf)") as bar:
+            for i, ids in enumerate(prompts):
+                n, dt = run(ids, False, cfg.seed + i)
+                base_tok, base_s = base_tok + n, base_s + dt
+                tc.calls = dc.calls = 0
+                n, dt = run(ids, True, cfg.seed + i)
+                spec_tok, spec_s = spec_tok + n, spec_s + dt
+                target_calls += tc.calls
+                drafted += dc.calls
+                bar.update()
+    finally:
+        tc.remove()
+        dc.remove()
+    accepted = max(spec_tok - target_calls, 0)
+    return {
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "block_efficiency": spec_tok / target_calls if target_calls else 0.0,
+        "target_calls": target_calls, "drafted": drafted, "accepted": accepted, "generated": spec_tok,
+        "target_only_tokens_per_s": base_tok / base_s if base_s else 0.0,
+        "speculative_tokens_per_s": spec_tok / spec_s if spec_s else 0.0,
+        "speedup": (spec_tok / spec_s) / (base_tok / base_s) if spec_s and base_s and base_tok else 0.0,
+        "counted_from": "forward calls (accepted = generated - target calls; drafted = draft calls)",
+    }

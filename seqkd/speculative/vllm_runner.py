@@ -1,0 +1,91 @@
+"""The same target and draft in vLLM: draft-model speculative decoding (``speculative_config``) against the target
+alone, one prompt at a time (latency, as the other engines), with vLLM's own acceptance counters
+(``LLM.get_metrics()``; the engine runs with ``disable_log_stats=False``). Decoder-only models only; the caller
+needs a ``__main__`` guard (vLLM starts worker processes)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+# vLLM's counters (vllm/v1/spec_decode/metrics.py): drafts = target verification steps, draft tokens proposed,
+# accepted tokens, and accepted tokens per draft position.
+_COUNTERS = ("vllm:spec_decode_num_drafts", "vllm:spec_decode_num_draft_tokens",
+             "vllm:spec_decode_num_accepted_tokens")
+_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos"
+
+
+def spec_counters(llm) -> dict[str, Any]:
+    """vLLM's speculative-decoding counters now: {name: int, per_pos: [int]}."""
+    found: dict[str, Any] = {name: 0 for name in _COUNTERS}
+    found["per_pos"] = []
+    for m in llm.get_metrics():
+        if m.name in _COUNTERS:
+            found[m.name] += m.value
+        elif m.name == _PER_POS:
+            vals = list(m.values)
+            prev = found["per_pos"] + [0] * (len(vals) - len(found["per_pos"]))
+            found["per_pos"] = [a + b for a, b in zip(prev, vals)]
+    return found
+
+
+def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list[list[int]], int, float]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    eos = engine.codec.eos_id
+
+    def params(i: int):
+        return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                              stop_token_ids=[eos], seed=cfg.seed + i if cfg.temperature > 0 else None,
+                              detokenize=False)
+
+    for p in prompts[:warmup]:
+        engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(0), use_tqdm=False)
+    outs, tokens, seconds = [], 0, 0.0
+    for i, p in enumerate(prompts):
+        t0 = time.perf_counter()
+        out = engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(i), use_tqdm=False)
+        seconds += time.perf_counter() - t0
+        ids = list(out[0].outputs[0].token_ids)
+        outs.append(ids)
+        tokens += len(ids)
+    return outs, tokens, seconds
+
+
+def vllm_speculate(cfg, texts: list[str]) -> dict[str, Any]:
+    """Decode ``texts`` with vLLM speculatively (draft ``cfg.draft``, ``cfg.gamma`` tokens) and target-only."""
+    from seqkd.teacher.engines.vllm import VLLMEngine
+
+    spec_cfg = {"method": "draft_model", "model": cfg.draft, "num_speculative_tokens": cfg.gamma,
+                # a sampled draft with its probabilities in the ratio test (vLLM's default drafts greedily)
+                "draft_sample_method": "probabilistic" if cfg.temperature > 0 else "greedy"}
+    runs: dict[str, Any] = {}
+    for name, extra in (("speculative", {"speculative_config": spec_cfg}), ("target_only", {})):
+        engine = VLLMEngine(cfg.target, dtype=cfg.dtype, enforce_eager=True, prompt_format=cfg.prompt_format,
+                            engine_args=extra)
+        prompts = engine.encode(texts)
+        before = spec_counters(engine.llm)
+        outs, tokens, seconds = _timed_run(engine, prompts, cfg, cfg.warmup)
+        after = spec_counters(engine.llm)
+        runs[name] = {"outputs": outs, "tokens": tokens, "seconds": seconds,
+                      "counters": {k: (after[k] - before[k]) if k != "per_pos" else
+                                   [a - b for a, b in zip(after[k], before[k] + [0] * len(after[k]))]
+                                   for k in after}}
+        engine.close()
+    c = runs["speculative"]["counters"]
+    drafts, drafted, accepted = (c[k] for k in _COUNTERS)
+    spec_rate = runs["speculative"]["tokens"] / runs["speculative"]["seconds"]
+    base_rate = runs["target_only"]["tokens"] / runs["target_only"]["seconds"]
+    same = sum(a == b for a, b in zip(runs["speculative"]["outputs"], runs["target_only"]["outputs"]))
+    return {
+        "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "block_efficiency": 1 + accepted / drafts if drafts else 0.0,  # vLLM's mean acceptance length
+        "per_position_acceptance": [a / drafts for a in c["per_pos"]] if drafts else [],
+        "target_calls": drafts, "drafted": drafted, "accepted": accepted,
+        "generated": runs["speculative"]["tokens"],
+        "target_only_tokens_per_s": base_rate, "speculative_tokens_per_s": spec_rate,
+        "speedup": spec_rate / base_rate if base_rate else 0.0,
+        "identical_outputs": same / len(texts),
+        "counted_from": "vLLM get_metrics() spec_decode counters",
+    }

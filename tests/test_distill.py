@@ -127,7 +127,6 @@ def test_loss_hook_matches_a_hand_computation(tiny_mt_model, tmp_path):
             y = int(batch["labels"][b, t])
             if y == IGNORE_INDEX:
                 continue
-            s = logits.new_tensor(0)  # per-token values from the definitions, in float64
             ls = trainer.model(input_ids=batch["input_ids"][b:b + 1], attention_mask=batch["attention_mask"][b:b + 1],
                                decoder_input_ids=batch["decoder_input_ids"][b:b + 1]).logits[0, t].double()
             lt = t_logits[b, t].double()

@@ -201,7 +201,8 @@ def test_chat_prompt_format(tiny_lm_model, tmp_path):
     tok = load_tokenizer(tiny_lm_model)
     with pytest.raises(SeqkdError, match="no chat template"):
         TextCodec("causal", tok, tok, prompt_format="chat")
-    tok.chat_template = "{% for m in messages %}<s>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}"
+    tok.chat_template = ("{% for m in messages %}<s>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<sep>{% endif %}")
     chat = TextCodec("causal", tok, tok, prompt_format="chat")
     src = tok("lesko sush", add_special_tokens=False)["input_ids"]
     assert chat.encode(["lesko sush"]) == [[tok.bos_token_id] + src + [tok.convert_tokens_to_ids("<sep>")]]

@@ -123,3 +123,26 @@ def test_tiny_teacher_learns_the_synthetic_task(tmp_path, model, steps, threshol
     m = load_model(cfg.out)
     hyps = translate(m, *load_tokenizers(cfg.out), src, batch_size=100, max_new_tokens=40)
     assert score(hyps, ref).bleu > threshold
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
+    """--resume after --max-steps was reached: no step past it, no checkpoint deleted, the weights untouched."""
+    import hashlib
+
+    from seqkd.cli import main
+
+    train(_cfg(tmp_path, "done", max_steps=6, eval_steps=3, bleu_samples=0))
+    out = tmp_path / "done"
+
+    def snapshot():
+        return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    again = train(_cfg(tmp_path, "done", max_steps=6, eval_steps=3, bleu_samples=0, resume=True))
+    assert again["already_finished"] and again["steps"] == 6
+    assert snapshot() == before
+    code = main(["train", "--out", str(out), "--data", "synthetic", "--model", "marian-tiny", "--max-steps", "6",
+                 "--resume", "--no-progress"])
+    assert code == 0 and "already finished (6 steps" in capsys.readouterr().out
+    assert snapshot() == before

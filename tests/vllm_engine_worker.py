@@ -2,7 +2,8 @@
 
     python tests/vllm_engine_worker.py MODEL_DIR '{"prompts": [[ids...], ...], "jobs": [{settings}, ...]}'
 
-Prints ``RESULT {"jobs": [[[candidate dict, ...] per prompt] per job], "chunked_prefill": bool}``. One process, one engine start (~30 s) for all jobs;
+Prints ``RESULT {"jobs": [[[candidate dict, ...] per prompt] per job], "chunked_prefill": bool}``.
+One process, one engine start (~30 s) for all jobs;
 a separate process keeps vLLM's threads and environment away from the test process.
 """
 

@@ -33,12 +33,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from seqkd.config import PROMPT_FORMATS
+from seqkd.config import DEFAULT_MAX_SOURCE_LEN, PROMPT_FORMATS
 
 IGNORE_INDEX = -100
 SEP_TOKEN = "<sep>"
 # Source tokens kept by default, in training and in decoding alike (see the module docstring).
-DEFAULT_MAX_SOURCE_LEN = 256
 
 
 def source_ids(src_tok, texts: Sequence[str], max_source_len: int = DEFAULT_MAX_SOURCE_LEN) -> list[list[int]]:

@@ -150,7 +150,8 @@ def speculative_generate(
     _check_inputs(input_ids, gamma, temperature, top_p, max_new_tokens)
     if target.config.get_text_config().vocab_size != draft.config.get_text_config().vocab_size:
         raise ValueError("target and draft have different vocabulary sizes "
-                         f"({target.config.get_text_config().vocab_size} vs {draft.config.get_text_config().vocab_size})")
+                         f"({target.config.get_text_config().vocab_size} vs "
+                         f"{draft.config.get_text_config().vocab_size})")
     greedy = temperature == 0
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = eos_ids(target)

@@ -87,7 +87,8 @@ class SpecStats:
             if i < len(other.drafted_at):
                 self.drafted_at[i] += other.drafted_at[i]
                 self.accepted_at[i] += other.accepted_at[i]
-        for k in ("drafted", "accepted", "verified", "target_calls", "emitted", "generated", "draft_steps", "draft_seconds",
+        for k in ("drafted", "accepted", "verified", "target_calls", "emitted", "generated", "draft_steps",
+                  "draft_seconds",
                   "target_seconds", "wall_seconds", "overlap_sum", "overlap_count"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.gamma = max(self.gamma, other.gamma)

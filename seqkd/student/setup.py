@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seqkd.config import DistillConfig, TrainConfig
+from seqkd.config import DEFAULT_MAX_SOURCE_LEN, DistillConfig, TrainConfig
 from seqkd.data.prompts import IGNORE_INDEX, Format
 from seqkd.errors import DataError, SeqkdError
 
@@ -119,10 +119,12 @@ def prepare_train(cfg: TrainConfig) -> Run:
     src_tok, tgt_tok = tokenizers_for(cfg, src, tgt)
     model = model_for(cfg, src_tok, tgt_tok)
     fmt = Format.from_tokenizer(family(model), tgt_tok, cfg.prompt_format)
-    train_ex = encode_pairs(fmt, src_tok, tgt_tok, src, tgt, max_len=cfg.max_len)
+    train_ex = encode_pairs(fmt, src_tok, tgt_tok, src, tgt, max_len=cfg.max_len,
+                            max_source_len=cfg.max_source_len)
     valid = None
     if vsrc:
-        valid = (encode_pairs(fmt, src_tok, tgt_tok, vsrc, vtgt, max_len=cfg.max_len), vsrc, vtgt)
+        valid = (encode_pairs(fmt, src_tok, tgt_tok, vsrc, vtgt, max_len=cfg.max_len,
+                              max_source_len=cfg.max_source_len), vsrc, vtgt)
     return Run(model, src_tok, tgt_tok, fmt, train_ex, valid, stats)
 
 
@@ -168,14 +170,16 @@ def exact_example(fmt: Format, src_ids: list[int], target_ids: list[int]) -> dic
 
 
 def selection_examples(fmt: Format, src_tok, tgt_tok, records: list[dict], *, targets: str, max_len: int,
-                       vocab_size: int, with_topk: bool) -> list[dict]:
-    """Training examples from selected teacher outputs: ``targets`` 'teacher', 'reference' or 'both'."""
-    srcs = src_tok([r["source"] for r in records], add_special_tokens=False)["input_ids"]
+                       vocab_size: int, with_topk: bool, max_source_len: int = DEFAULT_MAX_SOURCE_LEN) -> list[dict]:
+    """Training examples from selected teacher outputs: ``targets`` 'teacher', 'reference' or 'both'. Sources are
+    cut by the one prompt encoder's rule (:func:`seqkd.data.prompts.source_ids`), targets to ``max_len``."""
+    from seqkd.data.prompts import source_ids
+
+    srcs = source_ids(src_tok, [r["source"] for r in records], max_source_len)
     refs = [r.get("reference") for r in records]
     ref_ids = tgt_tok([r or "" for r in refs], add_special_tokens=False)["input_ids"]
     out = []
     for rec, s, ref, rids in zip(records, srcs, refs, ref_ids):
-        s = s[:max_len]
         if targets in ("teacher", "both"):
             ids = rec["token_ids"][: max_len + 1]
             if ids and max(ids) >= vocab_size:
@@ -245,22 +249,40 @@ def prepare_distill(cfg: DistillConfig) -> Run:
     if selection:
         records = read_selection(cfg.train_source)
         train_ex = selection_examples(fmt, src_tok, tgt_tok, records, targets=cfg.targets, max_len=cfg.max_len,
+                                      max_source_len=cfg.max_source_len,
                                       vocab_size=vocab, with_topk=cfg.kd_mode == "offline" and cfg.kd_weight > 0)
     else:
         if cfg.kd_mode == "offline":
             raise SeqkdError("--kd-mode offline reads stored top-k log-probs: give a `seqkd select` file "
                              "(--train-source train.jsonl) made from a corpus decoded with --topk-logprobs")
-        train_ex = encode_pairs(fmt, src_tok, tgt_tok, src, tgt, max_len=cfg.max_len)
+        train_ex = encode_pairs(fmt, src_tok, tgt_tok, src, tgt, max_len=cfg.max_len,
+                            max_source_len=cfg.max_source_len)
         for ex in train_ex:
             ex["prompt_len"] = len(ex["input_ids"]) if fam == "seq2seq" else ex["labels"].count(IGNORE_INDEX)
     valid = None
     if vsrc:
-        valid = (encode_pairs(fmt, src_tok, tgt_tok, vsrc, vtgt, max_len=cfg.max_len), vsrc, vtgt)
+        valid = (encode_pairs(fmt, src_tok, tgt_tok, vsrc, vtgt, max_len=cfg.max_len,
+                              max_source_len=cfg.max_source_len), vsrc, vtgt)
     stats["train_examples"] = len(train_ex)
     return Run(student, src_tok, tgt_tok, fmt, train_ex, valid, stats, teacher=teacher)
 
 
 # --- the path every job takes ----------------------------------------------------------------------------------------
+def finished_summary(cfg: TrainConfig) -> dict | None:
+    """``--resume`` on a run that already reached ``--max-steps``: its summary, marked ``already_finished``; nothing
+    is trained, saved or deleted. (A run stopped early by ``--max-minutes`` is not finished: it resumes.)"""
+    path = Path(cfg.out) / "train_summary.json"
+    if not cfg.resume or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None  # a summary being written by a killed run: resume from the checkpoint
+    if summary.get("steps", 0) < cfg.max_steps:
+        return None
+    return summary | {"already_finished": True}
+
+
 def start(cfg: TrainConfig, prepare: Callable[[Any], Run]) -> Run:
     """Check ``--out`` (main process first), seed, and ``prepare`` the run."""
     from transformers import set_seed

@@ -291,7 +291,8 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
 
         def bleu_eval(m):
             hyps = translate(m, src_tok, tgt_tok, srcs, batch_size=cfg.eval_batch_size,
-                             max_new_tokens=cfg.max_len, max_len_ratio=2.0, prompt_format=cfg.prompt_format)
+                             max_new_tokens=cfg.max_len, max_len_ratio=2.0, prompt_format=cfg.prompt_format,
+                             max_source_len=cfg.max_source_len)
             return score(hyps, refs)
 
     metric = ("bleu" if bleu_eval else "loss") if valid is not None else None

@@ -13,9 +13,9 @@ from seqkd.student.losses.divergences import (
     skew_reverse_kl,
     tvd,
 )
-from seqkd.student.losses.fused import TeacherHead, chunked, fused
+from seqkd.student.losses.fused import DistillLoss, TeacherHead, chunked, fused, fused_distill
 
 __all__ = [
-    "ALIASES", "DIVERGENCES", "TeacherHead", "TopKTeacher", "chunked", "forward_kl", "fused", "get_divergence",
-    "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tvd",
+    "ALIASES", "DIVERGENCES", "DistillLoss", "TeacherHead", "TopKTeacher", "chunked", "forward_kl", "fused",
+    "fused_distill", "get_divergence", "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tvd",
 ]

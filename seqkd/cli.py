@@ -256,16 +256,22 @@ def cmd_align(a: C.AlignConfig, argv) -> None:
 def format_spec_report(r: dict) -> str:
     """A few lines: acceptance, block efficiency, speeds and speedup (and the bound where measured)."""
     lines = [f"{r['engine']}: {r['prompts']} prompts, gamma {r['gamma']}, temperature {r['temperature']}",
-             f"  acceptance rate {r['acceptance_rate']:.3f}   block efficiency {r['block_efficiency']:.2f} "
-             "tokens/target call"]
+             f"  acceptance rate {r['acceptance_rate']:.3f} ({r['accepted']} accepted / {r['drafted']} drafted)   "
+             f"block efficiency {r['block_efficiency']:.2f} tokens/target call ({r['target_calls']} calls)"]
     if "verified_acceptance_rate" in r:
-        lines.append(f"  per-token acceptance {r['verified_acceptance_rate']:.3f} (1 - TVD on the same contexts "
-                     f"{r['analytic_acceptance']:.3f})   cost ratio c {r['cost_ratio']:.3f}")
+        lines.append(f"  per-token acceptance {r['verified_acceptance_rate']:.3f} (expected on the same contexts "
+                     f"{r['analytic_acceptance']:.3f})")
+    if r.get("cost_ratio") is not None:
+        lines.append(f"  cost ratio c {r['cost_ratio']:.3f} (draft step / target step)   verification cost v "
+                     f"{r['verification_cost']:.2f} target steps")
     if r.get("per_position_acceptance"):
         lines.append("  per position: " + " ".join(f"{x:.2f}" for x in r["per_position_acceptance"]))
-    lines.append(f"  target-only {r['target_only_tokens_per_s']:.1f} tok/s   speculative "
-                 f"{r['speculative_tokens_per_s']:.1f} tok/s   speedup {r['speedup']:.2f}x"
-                 + (f"   (Leviathan bound {r['leviathan_bound']:.2f}x)" if r.get("leviathan_bound") else ""))
+    line = (f"  target-only {r['target_only_tokens_per_s']:.1f} tok/s   speculative "
+            f"{r['speculative_tokens_per_s']:.1f} tok/s   speedup {r['speedup']:.2f}x")
+    if r.get("leviathan_bound") is not None:
+        line += (f"   (Leviathan bound {r['leviathan_bound']:.2f}x; with the measured v: "
+                 f"{r['predicted_speedup']:.2f}x)")
+    lines.append(line)
     return "\n".join(lines)
 
 

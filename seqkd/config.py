@@ -596,6 +596,9 @@ class SpeculateConfig:
             raise SeqkdError(f"--lenience must be in (0, 1], got {self.lenience}")
         if self.lenience < 1 and self.engine != "seqkd":
             raise SeqkdError("--lenience < 1 (lossy acceptance) exists in the seqkd engine only")
+        if self.lenience < 1 and self.temperature == 0:
+            raise SeqkdError("--lenience applies to sampling (--temperature > 0): greedy acceptance is exact agreement "
+                             "with the target's argmax")
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from seqkd.speculative.acceptance import greedy_accept, sample_accept
-from seqkd.speculative.metrics import SpecStats
+from seqkd.speculative.metrics import SpecStats, acceptance_probability
 
 
 @dataclass
@@ -148,6 +148,9 @@ def speculative_generate(
     Returns the sequences (HF ``generate`` layout), the new tokens and :class:`SpecStats`.
     """
     _check_inputs(input_ids, gamma, temperature, top_p, max_new_tokens)
+    if lenience != 1.0 and temperature == 0:
+        raise ValueError("lenience applies to sampling (temperature > 0); greedy acceptance is exact agreement with "
+                         "the target's argmax")
     if target.config.get_text_config().vocab_size != draft.config.get_text_config().vocab_size:
         raise ValueError("target and draft have different vocabulary sizes "
                          f"({target.config.get_text_config().vocab_size} vs "
@@ -168,7 +171,10 @@ def speculative_generate(
             t0 = time.perf_counter()
             q = processed_probs(drf.logits(cur)[-1], temperature, top_p).cpu()
             _sync(drf.device)
-            stats.draft_seconds += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            if stats.draft_steps == 0:  # the prompt's prefill: not a draft step's cost
+                stats.draft_prefills, stats.draft_prefill_seconds = 1, dt
+            stats.draft_seconds += dt
             stats.draft_steps += 1
             tok = _draw(q, greedy, gen)
             drafts.append(tok)
@@ -180,7 +186,10 @@ def speculative_generate(
         t0 = time.perf_counter()
         p_logits = tgt.logits(cur)[-(g + 1):].float()  # [g + 1, V]
         _sync(tgt.device)
-        stats.target_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        if stats.target_calls == 0:  # prefill + the first verification
+            stats.target_prefills, stats.target_prefill_seconds = 1, dt
+        stats.target_seconds += dt
         p = processed_probs(p_logits, temperature, top_p).cpu()  # [g + 1, V]
         d = torch.tensor([drafts], dtype=torch.long)  # [1, g]
         if greedy:
@@ -189,18 +198,19 @@ def speculative_generate(
             verdict = sample_accept(d, torch.stack(qs)[None] if g else p.new_zeros(1, 0, p.shape[-1]), p[None],
                                     generator=gen, lenience=lenience)
         n = int(verdict.num_accepted[0])
-        emitted = verdict.tokens[0, : n + 1].tolist()
-        stats.record_block(g, n, len(emitted))
-        for i in range(min(n + 1, g)):  # the positions the rule actually tested: accepted ones + the first rejection
-            stats.overlap_sum += float(torch.minimum(p[i], qs[i]).sum())
-            stats.overlap_count += 1
-            stats.verified += 1
-        for t in emitted:
+        kept = 0
+        for t in verdict.tokens[0, : n + 1].tolist():  # the accepted run + the correction / bonus token
             if len(new) == max_new_tokens:
                 break
             new.append(t)
-            if t in eos:
+            kept += 1
+            if t in eos:  # nothing after an accepted eos reaches the output (nor counts as emitted)
                 break
+        stats.record_block(g, n, kept)
+        for i in range(min(n + 1, g)):  # the positions the rule actually tested: accepted ones + the first rejection
+            stats.overlap_sum += float(acceptance_probability(p[i], qs[i], lenience))  # greedy: one-hot agreement
+            stats.overlap_count += 1
+            stats.verified += 1
         seq = torch.cat([base, torch.tensor([new], dtype=torch.long)], dim=1)
         tgt.crop(seq.shape[1] - 1)
         drf.crop(seq.shape[1] - 1)
@@ -236,7 +246,10 @@ def autoregressive_generate(
         t0 = time.perf_counter()
         p = processed_probs(step.logits(seq)[-1], temperature, top_p).cpu()
         _sync(step.device)
-        stats.target_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        if stats.target_calls == 0:  # the prompt's prefill: not a decoding step's cost
+            stats.target_prefills, stats.target_prefill_seconds = 1, dt
+        stats.target_seconds += dt
         stats.target_calls += 1
         tok = _draw(p, temperature == 0, gen)
         new.append(tok)

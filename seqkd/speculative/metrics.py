@@ -1,19 +1,26 @@
-"""Speculative-decoding metrics, defined once (the CLI, ``align`` and the benchmarks all read these).
+"""Speculative-decoding metrics, defined once (the CLI, ``align`` and the benchmarks all read these), each as its
+anchor defines it (tests/test_spec_metrics.py pins each on a crafted case).
 
-* acceptance rate = accepted draft tokens / drafted tokens (empirical; vLLM's definition). Drafted tokens after
-  the first rejection in a block are never tested, so this is below the per-token acceptance probability.
-* verified acceptance rate ``alpha`` = accepted / tested tokens (each block tests its accepted run and the first
-  rejected token): the estimate of Leviathan et al.'s ``alpha = E[sum_x min(p(x), q(x))]``, and the ``a`` of
-  their bound.
-* block efficiency ``tau`` = emitted tokens / target calls (each call emits its accepted run plus one target
-  token, so ``1 <= tau <= gamma + 1``).
+* acceptance rate = accepted draft tokens / drafted tokens (vLLM's ``num_accepted_tokens / num_draft_tokens``).
+  Drafted tokens after the first rejection in a block are never tested, so this is below the per-token acceptance.
+* per-token acceptance ``alpha`` = accepted / tested tokens (each block tests its accepted run and the first
+  rejected token): the estimate of Leviathan et al.'s ``alpha = E[sum_x min(p(x), q(x))]``, the ``a`` of their bound.
+* analytic acceptance = the expectation of ``alpha`` over the same (tested) contexts: ``sum_x min(p(x), q(x))``
+  (= 1 - TVD) for the exact rule; ``sum_x min(q(x), p(x) / l)`` under DistillSpec's lenience ``l`` (a token is
+  accepted with probability ``min(1, p / (l q))``).
+* block efficiency ``tau`` = tokens emitted / target calls, counting only tokens that reach the output: nothing after
+  an accepted EOS, nothing past ``max_new_tokens`` (HF's and vLLM's count of new tokens per target forward).
 * per-position acceptance: the fraction of blocks whose draft token ``i`` was accepted, ``i = 1..gamma`` (vLLM's
-  definition: accepted at ``i`` / blocks; non-increasing in ``i``).
-* analytic acceptance ``E[sum_x min(p(x), q(x))] = 1 - TVD(p, q)`` over the same (tested) contexts: the
-  expectation of the verified acceptance rate, exactly, for the sampling rule.
-* cost ratio ``c`` = time of one draft step / time of one target step (measured).
-* Leviathan et al.'s expected speedup for i.i.d. acceptance ``a``:
-  ``(1 - a^(g+1)) / ((1 - a) (g c + 1))``, and expected tokens per target call ``(1 - a^(g+1)) / (1 - a)``.
+  ``num_accepted_tokens_per_pos / num_drafts``; non-increasing in ``i``).
+* cost ratio ``c`` (Leviathan et al.) = time of one draft forward step / time of one target-only forward step (the
+  target decoding alone, one token per call). Measured against the target-only run the speculative run is compared
+  with (:meth:`SpecStats.costs`); the prompt's first call (the prefill) is left out of both step times.
+* verification cost ``v`` = time of one verification call (the target over gamma + 1 positions) / one target-only
+  step. The bound below takes ``v = 1``; on small-batch CPUs it is not.
+* Leviathan et al.'s expected speedup for i.i.d. acceptance ``a``: ``(1 - a^(g+1)) / ((1 - a) (g c + 1))``, and
+  expected tokens per target call ``(1 - a^(g+1)) / (1 - a)``; the overhead-aware prediction
+  ``tau / (gbar c + v)`` (``gbar`` = drafted tokens per call) puts the measured ``tau``, ``c`` and ``v`` together:
+  what the speedup would be if the decoder spent no time outside the two models' forward passes.
 """
 
 from __future__ import annotations
@@ -36,9 +43,18 @@ def leviathan_speedup(a: float, gamma: int, c: float) -> float:
     return expected_tokens_per_call(a, gamma) / (gamma * c + 1.0)
 
 
-def analytic_acceptance(target_probs: Tensor, draft_probs: Tensor, mask: Tensor | None = None) -> float:
-    """Mean of ``sum_x min(p(x), q(x))`` (= 1 - TVD) over contexts. Probabilities ``[..., V]``, mask ``[...]``."""
-    overlap = torch.minimum(target_probs.double(), draft_probs.double()).sum(-1)
+def acceptance_probability(target_probs: Tensor, draft_probs: Tensor, lenience: float = 1.0) -> Tensor:
+    """Probability that a token drafted from ``q`` is accepted: ``sum_x q(x) min(1, p(x) / (l q(x))) = sum_x min(q(x),
+    p(x) / l)``; at ``l = 1`` that is ``sum_x min(p, q) = 1 - TVD(p, q)``. Probabilities ``[..., V]`` -> ``[...]``."""
+    if not 0.0 < lenience <= 1.0:
+        raise ValueError(f"lenience must be in (0, 1], got {lenience}")
+    return torch.minimum(draft_probs, target_probs / lenience).sum(-1)
+
+
+def analytic_acceptance(target_probs: Tensor, draft_probs: Tensor, mask: Tensor | None = None,
+                        lenience: float = 1.0) -> float:
+    """Mean of :func:`acceptance_probability` over contexts (float64). Probabilities ``[..., V]``, mask ``[...]``."""
+    overlap = acceptance_probability(target_probs.double(), draft_probs.double(), lenience)
     if mask is not None:
         overlap = overlap[mask]
     return float(overlap.mean()) if overlap.numel() else 0.0
@@ -52,14 +68,18 @@ class SpecStats:
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
     verified: int = 0  # draft tokens the rule tested (accepted + first rejection of each block)
-    target_calls: int = 0  # target forward passes (one per block)
-    emitted: int = 0  # tokens generated (accepted + corrections/bonus), eos included, before max-length clipping
-    generated: int = 0  # tokens actually returned
+    target_calls: int = 0  # target forward passes (one per block; one per token target-only)
+    emitted: int = 0  # tokens the blocks added to the output (eos included; none after it, none past the budget)
+    generated: int = 0  # tokens returned
     drafted_at: list[int] = field(default_factory=list)  # [gamma] proposals made at position i
     accepted_at: list[int] = field(default_factory=list)  # [gamma] of them accepted
     draft_steps: int = 0  # single-token draft forward passes
     draft_seconds: float = 0.0
     target_seconds: float = 0.0
+    draft_prefills: int = 0  # the first draft call of each sequence (the prompt): left out of the step time
+    draft_prefill_seconds: float = 0.0
+    target_prefills: int = 0  # the first target call of each sequence
+    target_prefill_seconds: float = 0.0
     wall_seconds: float = 0.0
     overlap_sum: float = 0.0  # sum over drafted positions of sum_x min(p, q) (the analytic acceptance)
     overlap_count: int = 0
@@ -88,8 +108,8 @@ class SpecStats:
                 self.drafted_at[i] += other.drafted_at[i]
                 self.accepted_at[i] += other.accepted_at[i]
         for k in ("drafted", "accepted", "verified", "target_calls", "emitted", "generated", "draft_steps",
-                  "draft_seconds",
-                  "target_seconds", "wall_seconds", "overlap_sum", "overlap_count"):
+                  "draft_seconds", "target_seconds", "draft_prefills", "draft_prefill_seconds", "target_prefills",
+                  "target_prefill_seconds", "wall_seconds", "overlap_sum", "overlap_count"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.gamma = max(self.gamma, other.gamma)
         return self
@@ -117,25 +137,49 @@ class SpecStats:
         return self.overlap_sum / self.overlap_count if self.overlap_count else 0.0
 
     @property
-    def cost_ratio(self) -> float:
-        """Measured ``c``: mean draft step time / mean target call time."""
-        if not (self.draft_steps and self.target_calls and self.target_seconds):
-            return 0.0
-        return (self.draft_seconds / self.draft_steps) / (self.target_seconds / self.target_calls)
+    def draft_step_seconds(self) -> float:
+        """Mean time of a draft step after the prefill."""
+        n = self.draft_steps - self.draft_prefills
+        return (self.draft_seconds - self.draft_prefill_seconds) / n if n > 0 else 0.0
+
+    @property
+    def target_step_seconds(self) -> float:
+        """Mean time of a target call after the prefill: a verification call (speculative) or a decoding step
+        (target-only)."""
+        n = self.target_calls - self.target_prefills
+        return (self.target_seconds - self.target_prefill_seconds) / n if n > 0 else 0.0
+
+    @property
+    def drafted_per_call(self) -> float:
+        return self.drafted / self.target_calls if self.target_calls else 0.0
+
+    def costs(self, baseline: SpecStats, gamma: int | None = None) -> dict[str, float | None]:
+        """``c``, ``v``, Leviathan's bound (``a`` = per-token acceptance, with ``c``) and the overhead-aware prediction
+        ``tau / (gbar c + v)``, relative to ``baseline``: the target-only run of the same prompts."""
+        step = baseline.target_step_seconds
+        if not (step and self.draft_step_seconds and self.target_step_seconds):
+            return {"cost_ratio": None, "verification_cost": None, "leviathan_bound": None,
+                    "predicted_speedup": None}
+        c = self.draft_step_seconds / step
+        v = self.target_step_seconds / step
+        g = gamma or self.gamma
+        return {"cost_ratio": c, "verification_cost": v,
+                "leviathan_bound": leviathan_speedup(self.verified_acceptance_rate, g, c),
+                "predicted_speedup": self.block_efficiency / (self.drafted_per_call * c + v)}
 
     @property
     def tokens_per_s(self) -> float:
         return self.generated / self.wall_seconds if self.wall_seconds else 0.0
 
-    def bound(self, gamma: int | None = None) -> float:
-        """Leviathan's expected speedup for the measured (verified) acceptance rate and cost ratio."""
-        return leviathan_speedup(self.verified_acceptance_rate, gamma or self.gamma, self.cost_ratio)
-
-    def summary(self) -> dict:
+    def summary(self, baseline: SpecStats | None = None, gamma: int | None = None) -> dict:
+        """Every counter and derived number; the costs (``c``, ``v``, bound, prediction) where ``baseline`` (the
+        target-only run of the same prompts) is given, else None."""
         d = asdict(self)
         d.update(acceptance_rate=self.acceptance_rate, verified_acceptance_rate=self.verified_acceptance_rate,
                  block_efficiency=self.block_efficiency,
                  per_position_acceptance=self.per_position_acceptance, analytic_acceptance=self.analytic_acceptance,
-                 cost_ratio=self.cost_ratio, tokens_per_s=self.tokens_per_s,
-                 leviathan_bound=self.bound() if self.gamma else 0.0)
+                 tokens_per_s=self.tokens_per_s, draft_step_seconds=self.draft_step_seconds,
+                 verification_seconds=self.target_step_seconds)
+        d.update(self.costs(baseline, gamma) if baseline is not None else
+                 {"cost_ratio": None, "verification_cost": None, "leviathan_bound": None, "predicted_speedup": None})
         return d

@@ -101,8 +101,8 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
         target.train(was_training[0]), draft.train(was_training[1])
         report["params"] = {"target": t_params, "draft": d_params}
         if d_params > t_params:
-            log.warning("the draft (%d parameters) is larger than the target (%d): measured cost ratio c = %.2f",
-                        d_params, t_params, report.get("cost_ratio") or float("nan"))
+            log.warning("the draft (%d parameters) is larger than the target (%d): measured cost ratio c = %s",
+                        d_params, t_params, report.get("cost_ratio"))
     report.update(engine=cfg.engine, target=cfg.target, draft=cfg.draft, prompts=len(texts), gamma=cfg.gamma,
                   temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                   adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience)
@@ -137,13 +137,11 @@ def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor],
             same += b.new_tokens == s.new_tokens
             bar.update()
             bar.set_postfix(accept=f"{spec.acceptance_rate:.2f}", tau=f"{spec.block_efficiency:.2f}")
-    out = spec.summary()
-    if not cfg.adaptive_gamma:  # the bound for the gamma asked for (blocks near the end draft fewer)
-        out["leviathan_bound"] = spec.bound(cfg.gamma)
+    # the bound for the gamma asked for (blocks near the end draft fewer); adaptive gamma: the largest one used
+    out = spec.summary(baseline=base, gamma=None if cfg.adaptive_gamma else cfg.gamma)
     out.update(target_only_tokens_per_s=base.tokens_per_s, speculative_tokens_per_s=spec.tokens_per_s,
                speedup=spec.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0,
-               target_step_seconds=base.target_seconds / max(base.target_calls, 1),
-               identical_outputs=same / len(prompts))
+               target_step_seconds=base.target_step_seconds, identical_outputs=same / len(prompts))
     return out
 
 

@@ -29,7 +29,9 @@ def spec_counters(llm) -> dict[str, Any]:
     return found
 
 
-def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list[list[int]], int, float]:
+def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list[list[int]], int, float, dict]:
+    """Warm up on the first ``warmup`` prompts, then decode every prompt one at a time; returns the outputs, tokens,
+    seconds and vLLM's counters over the timed prompts only (the warm-up's drafts are not counted)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -42,6 +44,7 @@ def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list
 
     for p in prompts[:warmup]:
         engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(0), use_tqdm=False)
+    before = spec_counters(engine.llm)
     outs, tokens, seconds = [], 0, 0.0
     for i, p in enumerate(prompts):
         t0 = time.perf_counter()
@@ -50,7 +53,10 @@ def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list
         ids = list(out[0].outputs[0].token_ids)
         outs.append(ids)
         tokens += len(ids)
-    return outs, tokens, seconds
+    after = spec_counters(engine.llm)
+    counters = {k: (after[k] - before[k]) if k != "per_pos" else
+                [a - b for a, b in zip(after[k], before[k] + [0] * len(after[k]))] for k in after}
+    return outs, tokens, seconds, counters
 
 
 def vllm_speculate(cfg, texts: list[str]) -> dict[str, Any]:
@@ -65,13 +71,8 @@ def vllm_speculate(cfg, texts: list[str]) -> dict[str, Any]:
         engine = VLLMEngine(cfg.target, dtype=cfg.dtype, enforce_eager=True, prompt_format=cfg.prompt_format,
                             engine_args=extra)
         prompts = engine.encode(texts)
-        before = spec_counters(engine.llm)
-        outs, tokens, seconds = _timed_run(engine, prompts, cfg, cfg.warmup)
-        after = spec_counters(engine.llm)
-        runs[name] = {"outputs": outs, "tokens": tokens, "seconds": seconds,
-                      "counters": {k: (after[k] - before[k]) if k != "per_pos" else
-                                   [a - b for a, b in zip(after[k], before[k] + [0] * len(after[k]))]
-                                   for k in after}}
+        outs, tokens, seconds, counters = _timed_run(engine, prompts, cfg, cfg.warmup)
+        runs[name] = {"outputs": outs, "tokens": tokens, "seconds": seconds, "counters": counters}
         engine.close()
     c = runs["speculative"]["counters"]
     drafts, drafted, accepted = (c[k] for k in _COUNTERS)

@@ -1,0 +1,150 @@
+"""Each speculative-decoding metric as its anchor defines it, pinned on a crafted case: acceptance under lenience
+(DistillSpec), tokens per target call (nothing after an accepted eos), Leviathan's c against a target-only step,
+the verification cost v and the overhead-aware prediction, and vLLM's counters without the warm-up."""
+
+import math
+
+import pytest
+import torch
+
+from seqkd.config import SpeculateConfig
+from seqkd.errors import SeqkdError
+from seqkd.speculative import SpecStats, analytic_acceptance, sample_accept, speculative_generate
+from seqkd.speculative.metrics import acceptance_probability, leviathan_speedup
+
+P = torch.tensor([0.70, 0.10, 0.10, 0.05, 0.05], dtype=torch.float64)
+Q = torch.tensor([0.10, 0.50, 0.20, 0.10, 0.10], dtype=torch.float64)
+
+
+def test_acceptance_probability_is_the_sum_of_min_q_and_p_over_lenience():
+    assert float(acceptance_probability(P, Q)) == pytest.approx(0.40)  # sum min(p, q) = 1 - TVD
+    assert float(acceptance_probability(P, Q)) == pytest.approx(1 - 0.5 * float((P - Q).abs().sum()))
+    # l = 0.5: min(q, 2p) = 0.10 + 0.20 + 0.20 + 0.10 + 0.10
+    assert float(acceptance_probability(P, Q, 0.5)) == pytest.approx(0.70)
+    assert analytic_acceptance(P[None], Q[None], lenience=0.5) == pytest.approx(0.70)
+    with pytest.raises(ValueError, match="lenience"):
+        acceptance_probability(P, Q, 0.0)
+
+
+@pytest.mark.parametrize("lenience", [1.0, 0.5, 0.25])
+def test_lenient_acceptance_matches_the_rule_it_describes(lenience):
+    """The empirical acceptance of sample_accept (draft token drawn from q) within 5 SE of sum min(q, p / l)."""
+    n = 200_000
+    g = torch.Generator().manual_seed(7)
+    drafts = torch.multinomial(Q.float(), n, replacement=True, generator=g)[:, None]  # [n, 1]
+    verdict = sample_accept(drafts, Q.float().expand(n, 1, -1), P.float().expand(n, 2, -1), generator=g,
+                            lenience=lenience)
+    rate = float(verdict.num_accepted.float().mean())
+    want = float(acceptance_probability(P, Q, lenience))
+    assert abs(rate - want) < 5 * math.sqrt(want * (1 - want) / n), (rate, want)
+    if lenience < 1:  # the exact formula would be wrong here
+        assert abs(rate - float(acceptance_probability(P, Q))) > 0.1
+
+
+def _tiny_lm(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64, eos_token_id=None, bos_token_id=None,
+                      pad_token_id=None)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(25)
+    return m
+
+
+def test_tokens_per_call_count_nothing_after_an_accepted_eos():
+    """Self-drafting accepts every token; with eos = the third greedy token the first block drafts 3 tokens (the
+    draft stops at its eos), all accepted: 3 tokens reach the output in 1 call. The bonus token after the eos
+    is not emitted and must not be counted (it used to be: tau 4)."""
+    from seqkd.speculative import autoregressive_generate
+
+    model = _tiny_lm()
+    ids = torch.tensor([[1, 5, 2]])
+    greedy = autoregressive_generate(model, ids, temperature=0, max_new_tokens=12).new_tokens
+    k = next(i for i in range(2, len(greedy)) if greedy[i] not in greedy[:i])  # first token new at index >= 2
+    model.generation_config.eos_token_id = greedy[k]
+    out = speculative_generate(model, model, ids, gamma=k + 3, temperature=0, max_new_tokens=12)
+    assert out.new_tokens == greedy[: k + 1]
+    s = out.stats
+    assert (s.target_calls, s.accepted, s.emitted, s.generated) == (1, k + 1, k + 1, k + 1)
+    assert s.block_efficiency == pytest.approx(k + 1)
+    # the budget: max_new_tokens = 2 emits 2 tokens in one call (the second is the correction/bonus)
+    out = speculative_generate(model, model, ids, gamma=4, temperature=0, max_new_tokens=2)
+    assert out.stats.emitted == out.stats.generated == 2 and out.stats.block_efficiency == pytest.approx(2.0)
+
+
+def test_cost_ratio_is_leviathans_draft_step_over_a_target_only_step():
+    """Crafted timings: the prefill (first call of each model) is left out of both step times."""
+    base = SpecStats(target_calls=11, target_seconds=1.2 + 10 * 0.10, target_prefills=1, target_prefill_seconds=1.2,
+                     generated=11, wall_seconds=2.2)
+    spec = SpecStats(gamma=4, drafted=16, accepted=8, verified=12, target_calls=4, emitted=12, generated=12,
+                     draft_steps=16, draft_seconds=0.5 + 15 * 0.02, draft_prefills=1, draft_prefill_seconds=0.5,
+                     target_seconds=1.5 + 3 * 0.13, target_prefills=1, target_prefill_seconds=1.5)
+    costs = spec.costs(base)
+    assert costs["cost_ratio"] == pytest.approx(0.02 / 0.10)  # c: draft step / target-only step
+    assert costs["verification_cost"] == pytest.approx(0.13 / 0.10)  # v: verification call / target-only step
+    a = 8 / 12
+    assert costs["leviathan_bound"] == pytest.approx((1 - a ** 5) / ((1 - a) * (4 * 0.2 + 1)))
+    assert costs["leviathan_bound"] == pytest.approx(leviathan_speedup(a, 4, 0.2))
+    assert costs["predicted_speedup"] == pytest.approx(3.0 / (4 * 0.2 + 1.3))  # tau / (gbar c + v)
+    summary = spec.summary(baseline=base)
+    assert summary["cost_ratio"] == pytest.approx(0.2) and summary["block_efficiency"] == pytest.approx(3.0)
+    assert spec.summary()["cost_ratio"] is None  # no target-only run: no c (it is not defined without one)
+
+
+def test_speculate_reports_c_v_and_the_prediction(tiny_lm_model, tmp_path):
+    from seqkd.speculative.runners import speculate
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("lesko sush jun\npelo kiva\nmura sush\n")
+    r = speculate(SpeculateConfig(target=str(tiny_lm_model), draft=str(tiny_lm_model), input=str(prompts), gamma=3,
+                                  max_new_tokens=12), progress=False)
+    assert 0 < r["cost_ratio"] < 5 and 0 < r["verification_cost"] < 10
+    assert r["predicted_speedup"] == pytest.approx(
+        r["block_efficiency"] / (r["drafted"] / r["target_calls"] * r["cost_ratio"] + r["verification_cost"]))
+    assert r["emitted"] == r["generated"]
+
+
+def test_lenience_needs_sampling():
+    with pytest.raises(SeqkdError, match="--lenience applies to sampling"):
+        SpeculateConfig(target="t", draft="d", input="p", temperature=0, lenience=0.5)
+    model = _tiny_lm()
+    with pytest.raises(ValueError, match="lenience applies to sampling"):
+        speculative_generate(model, model, torch.tensor([[1, 2]]), temperature=0, lenience=0.5)
+
+
+def test_vllm_counters_leave_out_the_warmup(monkeypatch):
+    """_timed_run's counters cover the timed prompts only (a stub engine counts 4 drafted tokens per prompt)."""
+    pytest.importorskip("vllm")
+    from types import SimpleNamespace
+
+    from seqkd.speculative import vllm_runner
+
+    class Metric(SimpleNamespace):
+        pass
+
+    class LLM:
+        def __init__(self):
+            self.prompts = 0
+
+        def generate(self, prompts, params, use_tqdm=False):
+            self.prompts += 1
+            return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[1, 2, 3])])]
+
+        def get_metrics(self):
+            n = self.prompts
+            return [Metric(name="vllm:spec_decode_num_drafts", value=n),
+                    Metric(name="vllm:spec_decode_num_draft_tokens", value=4 * n),
+                    Metric(name="vllm:spec_decode_num_accepted_tokens", value=2 * n),
+                    Metric(name="vllm:spec_decode_num_accepted_tokens_per_pos", values=[n, n, 0, 0])]
+
+    engine = SimpleNamespace(llm=LLM(), codec=SimpleNamespace(eos_id=0))
+    cfg = SimpleNamespace(temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0)
+    outs, tokens, seconds, counters = vllm_runner._timed_run(engine, [[5]] * 5, cfg, warmup=2)
+    assert len(outs) == 5 and tokens == 15 and engine.llm.prompts == 7
+    assert counters["vllm:spec_decode_num_draft_tokens"] == 20 and counters["vllm:spec_decode_num_drafts"] == 5
+    assert counters["per_pos"] == [5, 5, 0, 0]

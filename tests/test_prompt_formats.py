@@ -12,8 +12,9 @@ from seqkd.errors import SeqkdError
 from seqkd.student.trainer import logits_at_targets
 from seqkd.teacher.engines import TextCodec
 
-CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nBe brief.<|im_end|>\n"
-          "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+CHATML = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+          "<|im_start|>system\nBe brief.<|im_end|>\n{% endif %}"
+          "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 TEXTS = ["Continue this passage: Nay, but speak not maliciously.", "What authority surfeits on would relieve us",
          "  leading spaces and\ttabs", "One word", "numbers 12345 and ünïcödé"]

@@ -201,8 +201,8 @@ class VLLMEngine:
         eos = self.codec.eos_id
         vllm_eos = self.llm.get_tokenizer().eos_token_id
         if vllm_eos != eos:
-            raise SeqkdError(f"vllm engine: beam search stops at the tokenizer's eos ({vllm_eos}) but the prompt format "
-                             f"ends hypotheses with {eos}; use --engine hf for this teacher")
+            raise SeqkdError(f"vllm engine: beam search stops at the tokenizer's eos ({vllm_eos}) but the prompt "
+                             f"format ends hypotheses with {eos}; use --engine hf for this teacher")
         if 2 * settings.beam_size > self.max_logprobs:
             raise SeqkdError(f"vllm beam search scores 2 x beam_size = {2 * settings.beam_size} candidates per step, "
                              f"more than max_logprobs={self.max_logprobs} (raise it with --engine-arg max_logprobs=N)")
@@ -243,7 +243,8 @@ class VLLMEngine:
     def _candidate(self, ids: list[int], steps, k: int, finished: bool) -> Candidate:
         """``steps[t]``: vLLM's ``{token_id: Logprob}`` at generated position t (holds the chosen token)."""
         if steps is None or len(steps) != len(ids):
-            raise RuntimeError(f"vllm returned {0 if steps is None else len(steps)} log-prob steps for {len(ids)} tokens")
+            n = 0 if steps is None else len(steps)
+            raise RuntimeError(f"vllm returned {n} log-prob steps for {len(ids)} tokens")
         lps = [_f32(steps[t][tok].logprob) for t, tok in enumerate(ids)]
         total = math.fsum(lps)
         top_ids, top_lps = _topk(steps, k) if k else (None, None)

@@ -244,10 +244,13 @@ class DistillConfig(TrainConfig):
         "With a `seqkd select` file: train on the teacher's outputs ('teacher'), on the references "
         "('reference'), or on both ('both': Kim & Rush's seq-KD + references).", default="teacher")
     loss_impl: LossImpl = _help(
-        "How the divergence is computed: plain (whole [tokens, vocab] matrices), chunked (over --loss-chunk-size "
-        "tokens at a time, gradients computed in the forward), fused (the student's output projection inside the "
-        "loss, so its [tokens, vocab] logits never exist whole); auto = fused for vocabularies of 32k and more, "
-        "chunked when --loss-chunk-size is given, else plain. All give the same loss and gradients.",
+        "How the loss is computed: plain (whole [tokens, vocab] matrices), chunked (the divergence over "
+        "--loss-chunk-size tokens at a time, gradients computed in the forward), fused (the student's output "
+        "projection, the divergence and the CE inside one chunked loss, so its [tokens, vocab] logits never exist "
+        "whole; an online teacher's neither, where its logits are a plain output layer too; Llama, Mistral, "
+        "Qwen2/3, Gemma, Phi-3 and Marian models; others fall back to chunked); auto = fused for vocabularies of "
+        "32768 and more with --kd-mode online, chunked when --loss-chunk-size is given, else plain. All give the "
+        "same loss and gradients.",
         default="auto")
     loss_chunk_size: int = _help("Tokens per chunk of the chunked / fused loss (0 = 1024 where they are used).",
                                  default=0)

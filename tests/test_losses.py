@@ -1,5 +1,6 @@
-"""seqkd.student.losses / seqkd.student.losses.fused: every divergence against an independent float64 reference written with
-probabilities, gradients (gradcheck), properties, the sparse teacher, and chunked / fused == plain."""
+"""seqkd.student.losses / seqkd.student.losses.fused: every divergence against an independent float64 reference
+written with probabilities, gradients (gradcheck), properties, the sparse teacher, chunked / fused == plain, and
+fused_distill == divergence + cross-entropy on whole logits."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from seqkd.student import losses as L
 from seqkd.student.losses import ALIASES, DIVERGENCES, TopKTeacher, get_divergence
-from seqkd.student.losses.fused import TeacherHead, chunked, fused
+from seqkd.student.losses.fused import DistillLoss, TeacherHead, chunked, fused, fused_distill
 
 # (name, params): each divergence at its defaults plus the parameter values that change its character.
 CASES = [
@@ -457,6 +458,98 @@ def test_chunked_and_fused_keep_no_vocabulary_sized_tensor_for_backward():
     assert alive_saved_numels(lambda: fused("forward_kl", h, w, t, chunk_size=16)) == []
 
 
+# ------------------------------------------------------------------------------------------ fused_distill
+def _plain_distill(name, s, teacher, targets, mask, weight, kd_coef, ce_coef, ls, temperature, params):
+    """The trainer's plain computation on whole logits: (loss, Σ w·D, Σ w·CE)."""
+    d = get_divergence(name)(s, teacher, mask, temperature=temperature, reduction="none", **params)
+    dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+    ce = torch.nn.functional.cross_entropy(s.reshape(-1, s.shape[-1]).to(dtype), targets.reshape(-1),
+                                           reduction="none", label_smoothing=ls).reshape(targets.shape)
+    if mask is not None:
+        ce = torch.where(mask, ce, 0.0)
+    w = torch.ones_like(d) if weight is None else weight.to(d.dtype)
+    d_sum, ce_sum = (d * w).sum(), (ce * w).sum()
+    return kd_coef * d_sum + ce_coef * ce_sum, d_sum, ce_sum
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("teacher_kind", ["logits", "renorm", "head"])
+@pytest.mark.parametrize("name,params", [("forward_kl", {}), ("jsd", {"beta": 0.3}), ("reverse_kl", {})])
+def test_fused_distill_equals_divergence_plus_cross_entropy_on_whole_logits(name, params, teacher_kind, dtype):
+    lead, vocab, hid = (2, 5), 23, 8
+    h = logits(*lead, hid, seed=50, dtype=dtype).requires_grad_()
+    w = logits(vocab, hid, seed=51, dtype=dtype, scale=0.5).requires_grad_()
+    b = logits(vocab, seed=52, dtype=dtype).requires_grad_()
+    teacher, plain_teacher, temperature, t_leaves = _teacher_variants(teacher_kind, dtype, lead, vocab)
+    targets = torch.randint(0, vocab, lead, generator=torch.Generator().manual_seed(53))
+    weight = logits(*lead, seed=54, dtype=dtype).abs()
+    inputs = (h, w, b, *t_leaves)
+    for mask in (None, random_mask(lead, seed=55)):
+        for tok_w in (None, weight):
+            for chunk_size in (3, 16):
+                kw = dict(kd_coef=0.7 * temperature ** 2, ce_coef=0.3, ls=0.1, temperature=temperature)
+                plain = _plain_distill(name, h @ w.T + b, plain_teacher(), targets, mask, tok_w, params=params, **kw)
+                expected = (*plain, *torch.autograd.grad(plain[0], inputs))
+                res = fused_distill(name, h, w, teacher, targets, mask, lm_head_bias=b, kd_coef=kw["kd_coef"],
+                                    ce_coef=0.3, label_smoothing=0.1, weight=tok_w, chunk_size=chunk_size,
+                                    temperature=temperature, **params)
+                assert isinstance(res, DistillLoss) and not res.divergence.requires_grad
+                got = (res.loss, res.divergence, res.cross_entropy, *torch.autograd.grad(res.loss, inputs))
+                for g, e in zip(got, expected):
+                    torch.testing.assert_close(g, e, **TOL[dtype])
+
+
+def test_fused_distill_single_terms_no_grad_and_bfloat16():
+    lead, vocab, hid = (7,), 19, 6
+    h = logits(*lead, hid, seed=60).requires_grad_()
+    w = logits(vocab, hid, seed=61, scale=0.5).requires_grad_()
+    t = logits(*lead, vocab, seed=62)
+    y = torch.randint(0, vocab, lead, generator=torch.Generator().manual_seed(63))
+    s = h @ w.T
+    # CE only (no teacher): the label-smoothed cross-entropy sum
+    ce_only = fused_distill(None, h, w, None, y, label_smoothing=0.2, chunk_size=2)
+    assert ce_only.divergence is None
+    ref = torch.nn.functional.cross_entropy(s, y, reduction="sum", label_smoothing=0.2)
+    torch.testing.assert_close(ce_only.loss, ref, **TOL[torch.float32])
+    torch.testing.assert_close(torch.autograd.grad(ce_only.loss, (h, w)), torch.autograd.grad(ref, (h, w)),
+                               **TOL[torch.float32])
+    # divergence only (no targets): fused with reduction="sum", scaled by kd_coef
+    kd_only = fused_distill("tvd", h, w, t, kd_coef=2.0, chunk_size=3)
+    assert kd_only.cross_entropy is None
+    torch.testing.assert_close(kd_only.loss, 2.0 * fused("tvd", h, w, t, reduction="sum"), **TOL[torch.float32])
+    # no grad: values only
+    with torch.no_grad():
+        res = fused_distill("forward_kl", h, w, t, y, chunk_size=4)
+    assert not res.loss.requires_grad
+    torch.testing.assert_close(res.loss, L.forward_kl(s, t, reduction="sum") + torch.nn.functional.cross_entropy(
+        s, y, reduction="sum"), **TOL[torch.float32])
+    # bfloat16 hidden states and weight: float32 math, bfloat16 gradients
+    hb, wb = h.detach().bfloat16().requires_grad_(), w.detach().bfloat16().requires_grad_()
+    res = fused_distill("forward_kl", hb, wb, t, y, chunk_size=3)
+    assert res.loss.dtype == torch.float32
+    gh, gw = torch.autograd.grad(res.loss, (hb, wb))
+    assert gh.dtype == gw.dtype == torch.bfloat16
+    assert L.fused_distill is fused_distill and L.DistillLoss is DistillLoss
+
+
+def test_fused_distill_keeps_no_vocabulary_sized_tensor_for_backward():
+    n, vocab, hid = 64, 300, 8
+    h = logits(n, hid, seed=64).requires_grad_()
+    w = logits(vocab, hid, seed=65).requires_grad_()
+    th, tw = logits(n, hid, seed=66), logits(vocab, hid, seed=67)
+    y = torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(68))
+    refs: list[weakref.ref] = []
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        refs.append(weakref.ref(x))
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = fused_distill("jsd", h, w, TeacherHead(th, tw), y, weight=torch.rand(n), chunk_size=16)  # noqa: F841
+        gc.collect()
+        assert [r() for r in refs if r() is not None] == []
+
+
 # -------------------------------------------------------------------------------------------- bad input
 def test_registry_and_aliases():
     assert set(DIVERGENCES) == {"forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl"}
@@ -498,6 +591,15 @@ S, T = torch.zeros(2, 3, 5), torch.zeros(2, 3, 5)
                                                                                    torch.zeros(6, 2))),
      "TeacherHead"),
     (lambda: chunked("nope", S, T), "unknown divergence"),
+    (lambda: fused_distill("kl", torch.zeros(4, 3), torch.zeros(5, 3), None), "needs a teacher, targets, or both"),
+    (lambda: fused_distill("kl", torch.zeros(4, 3), torch.zeros(5, 3), None, torch.zeros(4)), "int64"),
+    (lambda: fused_distill("kl", torch.zeros(4, 3), torch.zeros(5, 3), None, torch.full((4,), 5)), r"\[0, 5\)"),
+    (lambda: fused_distill("kl", torch.zeros(4, 3), torch.zeros(5, 3), None, torch.zeros(4, dtype=torch.int64),
+                           label_smoothing=1.5), "label_smoothing"),
+    (lambda: fused_distill("kl", torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(4, 5), weight=torch.ones(3)),
+     "weight must be"),
+    (lambda: fused_distill("kl", torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(4, 5),
+                           weight=torch.ones(4, requires_grad=True)), "constant"),
     (lambda: chunked("tvd", S, T, reduction="avg"), "reduction must be one of"),
 ])
 def test_bad_input_raises_value_error(call, match):

@@ -388,7 +388,7 @@ def fused_distill(name_or_fn: str | Callable[..., Tensor] | None, student_hidden
                              f"{tuple(getattr(targets, 'shape', ()))}")
         usable_mask = isinstance(mask, Tensor) and mask.dtype == torch.bool and mask.shape == lead
         real = targets[mask] if usable_mask else targets
-        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab):
+        if bool(((real < 0) | (real >= vocab)).any()):  # one device sync
             raise ValueError(f"targets must lie in [0, {vocab}) at real tokens, got [{int(real.min())}, "
                              f"{int(real.max())}]")
         if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:

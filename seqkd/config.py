@@ -21,7 +21,8 @@ from seqkd.errors import SeqkdError
 PromptFormat = Literal["auto", "translation", "plain", "chat"]
 Schedule = Literal["inverse_sqrt", "cosine", "linear", "constant_with_warmup"]
 KDMode = Literal["online", "offline", "none"]
-Divergence = Literal["forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl", "fkl", "kl", "rkl"]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "interpolated_jsd", "tvd", "skew_kl", "skew_reverse_kl", "fkl",
+                     "kl", "rkl"]
 LossImpl = Literal["auto", "plain", "chunked", "fused"]
 DecodeMode = Literal["beam", "sample", "greedy"]
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -235,7 +236,8 @@ class DistillConfig(TrainConfig):
     kd_temperature: float = _help(
         "Temperature of both distributions in D; the term is scaled by T^2 (Hinton et al.) so its gradients keep "
         "their size.", default=1.0)
-    jsd_beta: float = _help("beta of jsd (0 = forward KL, 1 = reverse KL).", default=0.5)
+    jsd_beta: float = _help("beta of jsd (GKD's / TRL's generalized JSD: 0 = forward KL, 1 = reverse KL) and of "
+                            "interpolated_jsd.", default=0.5)
     skew_alpha: float = _help("alpha of skew_kl / skew_reverse_kl (DistiLLM).", default=0.1)
     topk_tail: Literal["bucket", "renorm"] = _help(
         "Offline top-k teacher: 'bucket' (the mass outside the top-k is one extra outcome) or 'renorm' "

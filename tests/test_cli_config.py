@@ -50,7 +50,7 @@ def test_literal_choices_are_shown_and_enforced_before_loading(capsys):
     parser = build_parser()
     distill = parser._subparsers._group_actions[0].choices["distill"]
     help_text = distill.format_help()
-    assert "{forward_kl,reverse_kl,jsd,tvd,skew_kl,skew_reverse_kl,fkl,kl,rkl}" in help_text
+    assert "{forward_kl,reverse_kl,jsd,interpolated_jsd,tvd,skew_kl,skew_reverse_kl,fkl,kl,rkl}" in help_text
     code = main(["distill", "--out", "x", "--teacher", "t", "--data", "synthetic", "--divergence", "nosuch"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("seqkd: error: distill: argument --divergence")

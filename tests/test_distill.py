@@ -192,3 +192,74 @@ def test_bad_teacher_student_pairs(tiny_mt_model, tiny_lm_model, tmp_path):
         src = tmp_path / "plain.tsv"
         src.write_text("a b\tc d\n")
         distill_trainer(_cfg(tmp_path, tiny_mt_model, src, kd_mode="offline"))
+
+
+def test_offline_validation_loss_is_the_plain_cross_entropy(tiny_mt_model, tmp_path):
+    """Validation batches (references) have no stored top-k: their loss is the CE itself, not (1 - w) * CE (which
+    was 0 at --kd-weight 1, so the first checkpoint was kept as "best" with --bleu-samples 0)."""
+    import torch.nn.functional as F
+
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.student.distill import distill_trainer
+
+    train = _corpus(tiny_mt_model, tmp_path, n=12, topk=4)
+    vsrc, vtgt = synthetic_pairs(6, seed=9, multimodality=0.0)
+    (tmp_path / "v.de").write_text("\n".join(vsrc) + "\n")
+    (tmp_path / "v.en").write_text("\n".join(vtgt) + "\n")
+    trainer, _ = distill_trainer(_cfg(tmp_path, tiny_mt_model, train, kd_mode="offline", kd_weight=1.0,
+                                      valid_source=str(tmp_path / "v.de"), valid_target=str(tmp_path / "v.en"),
+                                      label_smoothing=0.1))
+    model = trainer.model.eval()
+    batch = next(iter(trainer.get_eval_dataloader()))
+    with torch.no_grad():
+        logits, targets, _ = trainer.forward_logits(model, batch)
+        terms = trainer.loss_terms(model, batch, logits, targets)
+        ce = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=0.1)
+    assert set(terms) == {"ce"} and float(ce) > 0
+    assert float(terms["ce"]) == pytest.approx(float(ce), rel=1e-6)
+    assert trainer.evaluate()["eval_loss"] > 0
+
+
+def test_generated_tokens_are_returned_exactly_as_sampled():
+    """A pad id the model itself produced before its eos is one of its tokens; a row cut at the length limit has
+    no eos. (Pads used to be stripped anywhere, and an eos the model never produced appended.)"""
+    from types import SimpleNamespace
+
+    from seqkd.data.prompts import Format
+    from seqkd.teacher.decoding import generate_ids, generation_config
+
+    rows = [[7, 0, 8, 3, 0, 0], [9, 0, 9, 9, 9, 9]]  # pad = 0, eos = 3
+
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, attention_mask, generation_config):
+            return SimpleNamespace(sequences=torch.cat([input_ids, torch.tensor(rows)], 1))
+
+    fmt = Format("causal", pad_id=0, bos_id=2, eos_id=3, sep_id=4)
+    model = Fake()
+    hyps = generate_ids(model, fmt, [[2, 5, 4], [2, 6, 4]], generation_config(model, fmt, max_new_tokens=6))
+    assert (hyps[0][0].ids, hyps[0][0].finished) == ([7, 0, 8], True)
+    assert (hyps[1][0].ids, hyps[1][0].finished) == ([9, 0, 9, 9, 9, 9], False)
+
+
+def test_onpolicy_targets_are_the_samples_exactly(tiny_lm_model, tmp_path, monkeypatch):
+    from seqkd.student.distill import distill_trainer
+    from seqkd.teacher import decoding
+    from seqkd.teacher.decoding import Hypothesis
+
+    train = _corpus(tiny_lm_model, tmp_path, n=4)
+    trainer, _ = distill_trainer(_cfg(tmp_path, tiny_lm_model, train, model="llama-tiny", onpolicy_lambda=1.0,
+                                      onpolicy_max_new_tokens=6, kd_weight=1.0))
+    pad, eos = trainer.fmt.pad_id, trainer.fmt.eos_id
+    samples = [Hypothesis([7, pad, 8], finished=True), Hypothesis([9, pad, 9, 9, 9, 9], finished=False)]
+    monkeypatch.setattr(decoding, "generate_ids",
+                        lambda model, fmt, prompts, gen, **kw: [[samples[i % 2]] for i in range(len(prompts))])
+    batch = _first_batch(trainer)
+    new = trainer.onpolicy_batch(trainer.model, batch)
+    for i in range(new["labels"].shape[0]):
+        target = [int(x) for x in new["labels"][i] if x != IGNORE_INDEX]
+        want = [7, pad, 8, eos] if i % 2 == 0 else [9, pad, 9, 9, 9, 9]
+        assert target == want, (i, target)

@@ -20,7 +20,8 @@ from seqkd.student.losses.fused import DistillLoss, TeacherHead, chunked, fused,
 # (name, params): each divergence at its defaults plus the parameter values that change its character.
 CASES = [
     ("forward_kl", {}), ("reverse_kl", {}), ("jsd", {}), ("jsd", {"beta": 0.2}), ("jsd", {"beta": 0.9}),
-    ("tvd", {}), ("skew_kl", {}), ("skew_kl", {"alpha": 0.6}), ("skew_reverse_kl", {}),
+    ("interpolated_jsd", {"beta": 0.2}), ("interpolated_jsd", {"beta": 0.9}), ("tvd", {}), ("skew_kl", {}),
+    ("skew_kl", {"alpha": 0.6}), ("skew_reverse_kl", {}),
     ("skew_reverse_kl", {"alpha": 0.6}),
 ]
 CASE_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in p.items()) or 'default'}" for n, p in CASES]
@@ -48,10 +49,11 @@ def _ref_from_probs(name: str, p: torch.Tensor, q: torch.Tensor, **params: float
         return _ref_kl(p, q)
     if name == "reverse_kl":
         return _ref_kl(q, p)
-    if name == "jsd":
+    if name in ("jsd", "interpolated_jsd"):
         beta = params.get("beta", 0.5)
         m = beta * p + (1 - beta) * q
-        return (1 - beta) * _ref_kl(p, m) + beta * _ref_kl(q, m)
+        w = beta if name == "jsd" else 1 - beta  # GKD / TRL weigh KL(p||m) by beta; the interpolated variant by 1-beta
+        return w * _ref_kl(p, m) + (1 - w) * _ref_kl(q, m)
     if name == "tvd":
         return 0.5 * (p - q).abs().sum(-1)
     alpha = params.get("alpha", 0.1)
@@ -137,6 +139,7 @@ def test_all_masked_gives_zero_with_zero_gradient(case):
 GRAD_CASES = [
     ("forward_kl", {}), ("reverse_kl", {}), ("tvd", {}),
     *[("jsd", {"beta": b}) for b in (0.0, 0.3, 0.5, 0.8, 1.0)],
+    *[("interpolated_jsd", {"beta": b}) for b in (0.3, 0.8)],
     *[("skew_kl", {"alpha": a}) for a in (0.0, 0.1, 0.5, 1.0)],
     *[("skew_reverse_kl", {"alpha": a}) for a in (0.0, 0.1, 0.5, 1.0)],
 ]
@@ -176,23 +179,91 @@ def test_gradcheck_sparse(case, tail):
 
 # ------------------------------------------------------------------------------------------- properties
 @pytest.mark.parametrize("teacher_kind", ["dense", "bucket", "renorm"])
-def test_jsd_endpoints_are_forward_and_reverse_kl_exactly(teacher_kind):
+@pytest.mark.parametrize("name", ["jsd", "interpolated_jsd"])
+def test_jsd_endpoints_are_forward_and_reverse_kl_exactly(teacher_kind, name):
     s, t = logits(4, 6, 13, seed=12), logits(4, 6, 13, seed=13)
     teacher = t if teacher_kind == "dense" else topk_of(t, 5, teacher_kind)
     mask = random_mask((4, 6), seed=14)
+    fn = getattr(L, name)
     for reduction in REDUCTIONS:
-        assert torch.equal(L.jsd(s, teacher, mask, beta=0.0, reduction=reduction),
+        assert torch.equal(fn(s, teacher, mask, beta=0.0, reduction=reduction),
                            L.forward_kl(s, teacher, mask, reduction=reduction))
-        assert torch.equal(L.jsd(s, teacher, mask, beta=1.0, reduction=reduction),
+        assert torch.equal(fn(s, teacher, mask, beta=1.0, reduction=reduction),
                            L.reverse_kl(s, teacher, mask, reduction=reduction))
+
+
+def _trl_generalized_jsd(student_logits, teacher_logits, beta):
+    """TRL's published GKDTrainer.generalized_jsd_loss (reduction="none", temperature 1), written from its formula
+    with F.kl_div exactly as it is: kl_div(input, target) = KL(target || input)."""
+    import torch.nn.functional as F
+
+    s = F.log_softmax(student_logits, dim=-1)
+    t = F.log_softmax(teacher_logits, dim=-1)
+    if beta == 0:
+        return F.kl_div(s, t, reduction="none", log_target=True).sum(-1)
+    if beta == 1:
+        return F.kl_div(t, s, reduction="none", log_target=True).sum(-1)
+    b = torch.tensor(beta, dtype=s.dtype)
+    m = torch.logsumexp(torch.stack([s + torch.log1p(-b), t + torch.log(b)]), dim=0)
+    kl_teacher = F.kl_div(m, t, reduction="none", log_target=True).sum(-1)
+    kl_student = F.kl_div(m, s, reduction="none", log_target=True).sum(-1)
+    return b * kl_teacher + (1 - b) * kl_student
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+def test_jsd_equals_trls_generalized_jsd_for_every_beta(beta):
+    """A beta from a GKD paper or a TRL config means the same loss here (TRL itself where it installs)."""
+    s, t = logits(5, 17, seed=70, dtype=torch.float64), logits(5, 17, seed=71, dtype=torch.float64)
+    ours = L.jsd(s, t, beta=beta, reduction="none")
+    torch.testing.assert_close(ours, _trl_generalized_jsd(s, t, beta), rtol=1e-10, atol=1e-12)
+    try:
+        from trl.experimental.gkd import GKDTrainer
+    except Exception:  # TRL is not a dependency; its formula above is the reference
+        GKDTrainer = None
+    if GKDTrainer is not None:
+        trl = GKDTrainer.generalized_jsd_loss(s[None], t[None], beta=beta, reduction="none").sum(-1)[0]
+        torch.testing.assert_close(ours, trl, rtol=1e-10, atol=1e-12)
+
+
+def test_jsd_and_interpolated_jsd_differ_away_from_the_ends():
+    """beta 0.1: GKD's JSD is small (it tends to 0 as beta -> 0), the interpolated one on its way to forward KL."""
+    s, t = logits(64, 50, seed=72, dtype=torch.float64, scale=3.0), logits(64, 50, seed=73, dtype=torch.float64,
+                                                                           scale=3.0)
+    gkd, interp = L.jsd(s, t, beta=0.1), L.interpolated_jsd(s, t, beta=0.1)
+    fkl = L.forward_kl(s, t)
+    assert float(gkd) < 0.3 * float(interp) and float(interp) < float(fkl)
+    assert torch.equal(L.jsd(s, t, beta=0.5), L.interpolated_jsd(s, t, beta=0.5))
+
+
+@pytest.mark.parametrize("name,params", [("reverse_kl", {}), ("jsd", {"beta": 1.0}), ("jsd", {"beta": 0.5}),
+                                         ("forward_kl", {}), ("tvd", {})])
+def test_bucket_tail_of_a_confident_teacher_stays_finite(name, params):
+    """Top-1 30 nats above the rest: its float32 log-prob rounds to 0.0 and the stored tail mass to exactly 0. The
+    tail is floored at 2^-24 (float32's resolution near 1), so reverse KL and JSD(beta=1) stay finite (they were
+    inf, and the gradients NaN after clipping)."""
+    # as a float32 engine stores them: the top-1's log-prob logit - logsumexp rounds to exactly 0.0
+    ids = torch.tensor([[0, 1, 2, 3]] * 3)
+    lps = torch.tensor([[0.0, -30.0, -30.5, -31.0]] * 3)
+    assert float(torch.logsumexp(torch.tensor([20.0, -10.0, -10.5, -11.0]), 0)) == 20.0  # why it rounds to 0
+    top = TopKTeacher(ids, lps, "bucket")
+    s = logits(3, 40, seed=74).requires_grad_()
+    out = get_divergence(name)(s, top, **params)
+    out.backward()
+    assert bool(torch.isfinite(out)) and bool(torch.isfinite(s.grad).all())
+    if name == "reverse_kl":  # reverse KL over the k + 1 outcomes, the teacher's tail mass floored at 2^-24
+        lq = torch.log_softmax(s.detach().double(), -1)
+        q_k = lq.gather(-1, top.ids).exp()
+        q = torch.cat([q_k, 1 - q_k.sum(-1, keepdim=True)], -1)
+        p = torch.cat([lps.double().exp(), torch.full((3, 1), 2.0 ** -24, dtype=torch.float64)], -1)
+        assert float(out) == pytest.approx(float((q * (q / p).log()).sum(-1).mean()), rel=1e-4)
 
 
 def test_jsd_and_skew_are_continuous_at_their_endpoints():
     s, t = logits(6, 20, seed=15, dtype=torch.float64), logits(6, 20, seed=16, dtype=torch.float64)
     fkl, rkl = L.forward_kl(s, t, reduction="none"), L.reverse_kl(s, t, reduction="none")
-    near = {
-        "jsd->fkl": (lambda e: L.jsd(s, t, beta=e, reduction="none"), fkl),
-        "jsd->rkl": (lambda e: L.jsd(s, t, beta=1 - e, reduction="none"), rkl),
+    near = {  # the interpolated JSD is continuous at its ends (GKD's jsd, by its definition, is not)
+        "jsd->fkl": (lambda e: L.interpolated_jsd(s, t, beta=e, reduction="none"), fkl),
+        "jsd->rkl": (lambda e: L.interpolated_jsd(s, t, beta=1 - e, reduction="none"), rkl),
         "skew->fkl": (lambda e: L.skew_kl(s, t, alpha=e, reduction="none"), fkl),
         "skew_reverse->rkl": (lambda e: L.skew_reverse_kl(s, t, alpha=e, reduction="none"), rkl),
     }
@@ -213,7 +284,8 @@ def test_properties(seed, vocab, scale, temperature, w):
     kw = {"temperature": temperature, "reduction": "none"}
     vals = {
         "forward_kl": L.forward_kl(s, t, **kw), "reverse_kl": L.reverse_kl(s, t, **kw),
-        "jsd": L.jsd(s, t, beta=w, **kw), "tvd": L.tvd(s, t, **kw),
+        "jsd": L.jsd(s, t, beta=w, **kw), "interpolated_jsd": L.interpolated_jsd(s, t, beta=w, **kw),
+        "tvd": L.tvd(s, t, **kw),
         "skew_kl": L.skew_kl(s, t, alpha=w, **kw), "skew_reverse_kl": L.skew_reverse_kl(s, t, alpha=w, **kw),
     }
     for name, v in vals.items():
@@ -225,7 +297,7 @@ def test_properties(seed, vocab, scale, temperature, w):
     if w > 0:  # skew KL <= log(1/alpha)
         assert bool((vals["skew_kl"] <= -math.log(w) + 1e-9).all())
     for name, fn in DIVERGENCES.items():  # identical distributions: exactly 0
-        params = {"beta": w} if name == "jsd" else {"alpha": w} if name.startswith("skew") else {}
+        params = {"beta": w} if name.endswith("jsd") else {"alpha": w} if name.startswith("skew") else {}
         assert bool((fn(s, s.clone(), **kw, **params).abs() <= 1e-12).all()), name
 
 
@@ -320,7 +392,8 @@ def test_topk_renorm_by_hand():
 
 
 def test_topk_bucket_whose_topk_holds_all_teacher_mass():
-    """Teacher rest = 0: its bucket drops out of forward KL (finite value and gradient); reverse KL is inf."""
+    """Teacher rest = 0: forward KL is the top-k terms (the floored rest adds < 1e-6); reverse KL is finite too: the
+    teacher's rest mass is floored at TAIL_FLOOR = 2^-24 (it was inf)."""
     s = logits(1, 5, seed=24, dtype=torch.float64).requires_grad_()
     top = TopKTeacher(torch.tensor([[3, 1]]), torch.tensor([[0.5, 0.5]], dtype=torch.float64).log())
     q = torch.softmax(s.detach(), -1)[0]
@@ -328,7 +401,12 @@ def test_topk_bucket_whose_topk_holds_all_teacher_mass():
     assert out.item() == pytest.approx(0.5 * math.log(0.5 / q[3].item()) + 0.5 * math.log(0.5 / q[1].item()))
     out.backward()
     assert bool(torch.isfinite(s.grad).all())
-    assert L.reverse_kl(s, top).item() == math.inf
+    floor = 2.0 ** -24
+    rest = 1 - q[3].item() - q[1].item()
+    want = q[3].item() * math.log(q[3].item() / 0.5) + q[1].item() * math.log(q[1].item() / 0.5) + \
+        rest * math.log(rest / floor)
+    assert L.reverse_kl(s, top).item() == pytest.approx(want, rel=1e-9)
+    assert L.TAIL_FLOOR == floor
 
 
 def test_topk_bucket_needs_temperature_one():
@@ -552,7 +630,8 @@ def test_fused_distill_keeps_no_vocabulary_sized_tensor_for_backward():
 
 # -------------------------------------------------------------------------------------------- bad input
 def test_registry_and_aliases():
-    assert set(DIVERGENCES) == {"forward_kl", "reverse_kl", "jsd", "tvd", "skew_kl", "skew_reverse_kl"}
+    assert set(DIVERGENCES) == {"forward_kl", "reverse_kl", "jsd", "interpolated_jsd", "tvd", "skew_kl",
+                                "skew_reverse_kl"}
     assert ALIASES == {"fkl": "forward_kl", "kl": "forward_kl", "rkl": "reverse_kl"}
     assert get_divergence("kl") is L.forward_kl and get_divergence("rkl") is L.reverse_kl
     with pytest.raises(ValueError, match="unknown divergence 'nope'; known: forward_kl, reverse_kl, jsd"):

@@ -81,7 +81,12 @@ def vllm_speculate(cfg, texts: list[str]) -> dict[str, Any]:
     same = sum(a == b for a, b in zip(runs["speculative"]["outputs"], runs["target_only"]["outputs"]))
     return {
         "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "block_efficiency": 1 + accepted / drafts if drafts else 0.0,  # vLLM's mean acceptance length
+        # tokens emitted per verification step, counting only tokens that reach the output (as seqkd's tau): each
+        # prompt's first token comes from its prefill step, every other one from a verification step
+        "block_efficiency": (runs["speculative"]["tokens"] - len(texts)) / drafts if drafts else 0.0,
+        # vLLM's own mean acceptance length, 1 + accepted / drafts: it also counts the bonus token of a step whose
+        # output had already ended (eos, length limit), so it runs above the tokens actually emitted
+        "mean_acceptance_length": 1 + accepted / drafts if drafts else 0.0,
         "per_position_acceptance": [a / drafts for a in c["per_pos"]] if drafts else [],
         "target_calls": drafts, "drafted": drafted, "accepted": accepted,
         "generated": runs["speculative"]["tokens"],

@@ -168,7 +168,8 @@ class DistillTrainer(SeqkdTrainer):
         self.dcfg = dcfg
         self.divergence = losses.get_divergence(dcfg.divergence)
         name = losses.ALIASES.get(dcfg.divergence, dcfg.divergence)
-        self.div_params = {"jsd": {"beta": dcfg.jsd_beta}, "skew_kl": {"alpha": dcfg.skew_alpha},
+        self.div_params = {"jsd": {"beta": dcfg.jsd_beta}, "interpolated_jsd": {"beta": dcfg.jsd_beta},
+                           "skew_kl": {"alpha": dcfg.skew_alpha},
                            "skew_reverse_kl": {"alpha": dcfg.skew_alpha}}.get(name, {})
         self._batches = 0
         self._onpolicy = 0
@@ -249,7 +250,7 @@ class DistillTrainer(SeqkdTrainer):
         student.train(was_training)
         examples = []
         for p, hs in zip(prompts, hyps):
-            ids = list(hs[0].ids) + ([self.fmt.eos_id] if len(hs[0].ids) < max_new else [])
+            ids = list(hs[0].ids) + ([self.fmt.eos_id] if hs[0].finished else [])  # exactly as sampled
             if self.fmt.family == "causal":
                 examples.append({"input_ids": p + ids, "labels": [IGNORE_INDEX] * len(p) + ids, "prompt_len": len(p)})
             else:
@@ -284,11 +285,13 @@ class DistillTrainer(SeqkdTrainer):
         tok_w = self.at_targets(inputs["weight"].float()[:, None].expand(b, t), labels)  # [N]
         onpolicy = bool(inputs.get("_onpolicy", False))
         w = 1.0 if onpolicy else cfg.kd_weight
-        ce_w = w  # the CE's share is fixed here: validation batches without a stored teacher keep (1 - w) * CE
+        ce_w = w  # the CE's coefficient is 1 - ce_w
         if w > 0 and cfg.kd_mode == "offline" and "topk_ids" not in inputs:
             if model.training:
                 raise SeqkdError("--kd-mode offline: a training batch has no stored top-k log-probs")
-            w = 0.0  # validation batches (references) have no stored teacher: their loss is the CE
+            # validation batches (references) have no stored teacher: their loss is the plain CE, not (1 - w) CE
+            # (which is 0 at w = 1, and the best checkpoint would be picked on it)
+            w = ce_w = 0.0
         fused = isinstance(logits, HeadInputs)
         teacher = None
         if w > 0:

@@ -21,10 +21,13 @@ from seqkd.models import family
 
 @dataclass
 class Hypothesis:
-    """One decoded output: target token ids (no specials) and, for beam search, its scores."""
+    """One decoded output: the generated token ids exactly as the model produced them, up to (not including) the
+    eos; ``finished`` says whether it ended with eos (else it was cut at the length limit). For beam search, its
+    score."""
 
     ids: list[int]
     score: float | None = None  # total log-prob (beam) — None for greedy/sampling
+    finished: bool = False
 
 
 def generation_config(
@@ -112,18 +115,21 @@ def generate_ids(
             hyps = []
             for r in range(n_ret):
                 row = seqs[j * n_ret + r].tolist()
-                hyps.append(Hypothesis(ids=_strip(row, fmt), score=_score(scores, j * n_ret + r)))
+                ids, finished = _cut(row, fmt)
+                hyps.append(Hypothesis(ids=ids, score=_score(scores, j * n_ret + r), finished=finished))
             results[i] = hyps
         bar.update(len(idx))
     bar.close()
     return results  # type: ignore[return-value]
 
 
-def _strip(row: list[int], fmt: Format) -> list[int]:
-    """Cut at the first eos; pads never precede it in HF outputs."""
+def _cut(row: list[int], fmt: Format) -> tuple[list[int], bool]:
+    """(the tokens before the first eos, whether there was one). HF pads a finished row after its eos only, so
+    nothing else is removed: a pad id the model itself produced before its eos is one of its tokens (a tokenizer may
+    use one id as pad and as a real token), and on-policy training must see the sample exactly as drawn."""
     if fmt.eos_id in row:
-        row = row[: row.index(fmt.eos_id)]
-    return [t for t in row if t != fmt.pad_id]
+        return row[: row.index(fmt.eos_id)], True
+    return row, False
 
 
 def _score(scores, k: int) -> float | None:

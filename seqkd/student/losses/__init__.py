@@ -4,9 +4,11 @@
 from seqkd.student.losses.divergences import (
     ALIASES,
     DIVERGENCES,
+    TAIL_FLOOR,
     TopKTeacher,
     forward_kl,
     get_divergence,
+    interpolated_jsd,
     jsd,
     reverse_kl,
     skew_kl,
@@ -16,6 +18,7 @@ from seqkd.student.losses.divergences import (
 from seqkd.student.losses.fused import DistillLoss, TeacherHead, chunked, fused, fused_distill
 
 __all__ = [
-    "ALIASES", "DIVERGENCES", "DistillLoss", "TeacherHead", "TopKTeacher", "chunked", "forward_kl", "fused",
-    "fused_distill", "get_divergence", "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tvd",
+    "ALIASES", "DIVERGENCES", "TAIL_FLOOR", "DistillLoss", "TeacherHead", "TopKTeacher", "chunked", "forward_kl",
+    "fused", "fused_distill", "get_divergence", "interpolated_jsd", "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl",
+    "tvd",
 ]

@@ -15,17 +15,19 @@ positions exactly 0). An all-masked batch gives 0, still attached to the graph (
 ==========================  ==========================================  =====================================
 ``forward_kl``              KL(p‖q) = Σ p log(p/q)                      word-level KD; mode-covering
 ``reverse_kl``              KL(q‖p)                                     mode-seeking (MiniLLM)
-``jsd(beta=0.5)``           (1-β) KL(p‖m) + β KL(q‖m), m = βp + (1-β)q  β=0: forward_kl, β=1: reverse_kl
+``jsd(beta=0.5)``           β KL(p‖m) + (1-β) KL(q‖m), m = βp + (1-β)q  GKD / TRL; β=0: forward_kl, β=1: reverse_kl
+``interpolated_jsd(beta)``  (1-β) KL(p‖m) + β KL(q‖m), same m           continuous in β from forward to reverse KL
 ``tvd``                     ½ Σ |p - q|                                 1 - tvd = speculative acceptance rate
 ``skew_kl(alpha=0.1)``      KL(p ‖ αp + (1-α)q)                         DistiLLM (Ko et al. 2024)
 ``skew_reverse_kl(alpha)``  KL(q ‖ αq + (1-α)p)                         DistiLLM
 ==========================  ==========================================  =====================================
 
-About ``jsd``: GKD (Agarwal et al. 2024) and TRL's ``generalized_jsd_loss`` write
-β KL(p‖m) + (1-β) KL(q‖m) with the same m. That expression tends to 0 at both ends (only its 1/β-rescaled
-gradient approaches forward KL), so TRL special-cases β=0 and β=1, discontinuously. Here the weights are
-swapped, which makes forward KL (β→0) and reverse KL (β→1) the true limits; β=0.5 is the usual JSD in both.
-The endpoints are still dispatched to forward_kl / reverse_kl so that they are exact to the last bit.
+About ``jsd``: it is GKD's (Agarwal et al. 2024, Eq. 1) and TRL's ``generalized_jsd_loss`` for every β, so a β
+taken from a GKD paper or a TRL config means the same loss here: β KL(p‖m) + (1-β) KL(q‖m), m = βp + (1-β)q,
+with β=0 forward KL and β=1 reverse KL by definition (TRL special-cases both ends; the expression itself tends to
+0 there, so the ends are discontinuous). ``interpolated_jsd`` swaps the weights, (1-β) KL(p‖m) + β KL(q‖m), which
+makes forward KL (β→0) and reverse KL (β→1) its true limits: the same at β=0.5, different elsewhere (β=0.1:
+GKD's weighs KL(p‖m) by 0.1, ours by 0.9). Both dispatch their ends to forward_kl / reverse_kl, exact to the bit.
 
 The memory-lean variants ``chunked`` / ``fused`` and ``TeacherHead`` live in :mod:`seqkd.student.losses.fused`; the
 package :mod:`seqkd.student.losses` exports both.
@@ -42,11 +44,16 @@ from torch import Tensor
 
 __all__ = [
     "ALIASES", "DIVERGENCES", "TopKTeacher", "forward_kl", "get_divergence",
-    "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tvd",
+    "interpolated_jsd", "jsd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tvd",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
 TAILS = ("bucket", "renorm")
+# The teacher's stored top-k log-probs are float32: a tail mass 1 - sum(p_k) below float32's resolution near 1
+# (2^-24) is rounding noise (a confident teacher's top-1 log-prob rounds to 0.0 and the tail to exactly 0). The
+# bucket tail is floored there, so that divergences that divide by the teacher's mass (reverse KL, JSD at beta = 1)
+# stay finite; the teacher's coarse-grained distribution then sums to at most 1 + 2^-24.
+TAIL_FLOOR = 2.0 ** -24
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,8 @@ class TopKTeacher:
     The mass outside the top-k is handled by ``tail``:
 
     * ``"bucket"`` (default): both distributions are coarse-grained to k+1 outcomes, the k ids plus one "rest"
-      outcome (teacher: 1 - Σ exp(logprobs), clamped at 0; student: its softmax mass off the k ids, by a
+      outcome (teacher: 1 - Σ exp(logprobs), floored at ``TAIL_FLOOR`` = 2^-24, float32's rounding noise near
+      1, so that reverse KL stays finite for a confident teacher; student: its softmax mass off the k ids, by a
       logsumexp over the complement). Exact for the coarse-grained distributions, temperature 1 only: the
       shape of the teacher's tail, needed to re-temper it, was not stored.
     * ``"renorm"``: the teacher renormalised over its k ids (after dividing the log-probs by T) and the student
@@ -179,7 +187,7 @@ def _log_probs(student_logits: Tensor, teacher: Teacher, temperature: float) -> 
     # whose complement is all -inf gets a finite stand-in so that its (discarded) gradient is not NaN.
     lq_rest = torch.logsumexp(torch.where(has_rest, rest, s), dim=-1, keepdim=True) - lse
     lq_rest = lq_rest.masked_fill(~has_rest, -math.inf)
-    lp_rest = _log1mexp(torch.logsumexp(lp_k, dim=-1, keepdim=True))
+    lp_rest = _log1mexp(torch.logsumexp(lp_k, dim=-1, keepdim=True)).clamp(min=math.log(TAIL_FLOOR))
     return torch.cat([lp_k, lp_rest], dim=-1), torch.cat([lq_k, lq_rest], dim=-1)
 
 
@@ -236,10 +244,9 @@ def reverse_kl(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | N
     return _divergence(lambda lp, lq: _kl(lq, lp), student_logits, teacher_logits, mask, temperature, reduction)
 
 
-def jsd(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | None = None, *, temperature: float = 1.0,
-        reduction: str = "mean", beta: float = 0.5) -> Tensor:
-    """Generalised JSD (1-β) KL(p‖m) + β KL(q‖m), m = βp + (1-β)q: forward KL at β=0, reverse KL at β=1
-    (see the module docstring for how this relates to GKD's form). Shapes as :func:`forward_kl`."""
+def _generalized_jsd(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | None, temperature: float,
+                     reduction: str, beta: float, w_teacher: float) -> Tensor:
+    """``w_teacher`` KL(p‖m) + (1 - ``w_teacher``) KL(q‖m), m = βp + (1-β)q; forward KL at β=0, reverse KL at β=1."""
     _check_unit("beta", beta)
     if beta == 0:
         return forward_kl(student_logits, teacher_logits, mask, temperature=temperature, reduction=reduction)
@@ -248,9 +255,23 @@ def jsd(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | None = N
 
     def per_token(lp: Tensor, lq: Tensor) -> Tensor:
         lm = _log_mix(lp, lq, beta)
-        return (1 - beta) * _kl(lp, lm) + beta * _kl(lq, lm)
+        return w_teacher * _kl(lp, lm) + (1 - w_teacher) * _kl(lq, lm)
 
     return _divergence(per_token, student_logits, teacher_logits, mask, temperature, reduction)
+
+
+def jsd(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | None = None, *, temperature: float = 1.0,
+        reduction: str = "mean", beta: float = 0.5) -> Tensor:
+    """GKD's generalised JSD, as TRL's ``generalized_jsd_loss``: β KL(p‖m) + (1-β) KL(q‖m), m = βp + (1-β)q;
+    forward KL at β=0, reverse KL at β=1. Shapes as :func:`forward_kl`."""
+    return _generalized_jsd(student_logits, teacher_logits, mask, temperature, reduction, beta, w_teacher=beta)
+
+
+def interpolated_jsd(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | None = None, *,
+                     temperature: float = 1.0, reduction: str = "mean", beta: float = 0.5) -> Tensor:
+    """(1-β) KL(p‖m) + β KL(q‖m), m = βp + (1-β)q: continuous in β, from forward KL (β→0) to reverse KL (β→1);
+    equal to :func:`jsd` at β = 0, 0.5 and 1 only. Shapes as :func:`forward_kl`."""
+    return _generalized_jsd(student_logits, teacher_logits, mask, temperature, reduction, beta, w_teacher=1 - beta)
 
 
 def tvd(student_logits: Tensor, teacher_logits: Teacher, mask: Tensor | None = None, *, temperature: float = 1.0,
@@ -282,6 +303,7 @@ DIVERGENCES: dict[str, Callable[..., Tensor]] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
     "jsd": jsd,
+    "interpolated_jsd": interpolated_jsd,
     "tvd": tvd,
     "skew_kl": skew_kl,
     "skew_reverse_kl": skew_reverse_kl,

@@ -171,10 +171,7 @@ def speculative_generate(
             t0 = time.perf_counter()
             q = processed_probs(drf.logits(cur)[-1], temperature, top_p).cpu()
             _sync(drf.device)
-            dt = time.perf_counter() - t0
-            if stats.draft_steps == 0:  # the prompt's prefill: not a draft step's cost
-                stats.draft_prefills, stats.draft_prefill_seconds = 1, dt
-            stats.draft_seconds += dt
+            stats.add_time("draft", time.perf_counter() - t0)
             stats.draft_steps += 1
             tok = _draw(q, greedy, gen)
             drafts.append(tok)
@@ -186,10 +183,7 @@ def speculative_generate(
         t0 = time.perf_counter()
         p_logits = tgt.logits(cur)[-(g + 1):].float()  # [g + 1, V]
         _sync(tgt.device)
-        dt = time.perf_counter() - t0
-        if stats.target_calls == 0:  # prefill + the first verification
-            stats.target_prefills, stats.target_prefill_seconds = 1, dt
-        stats.target_seconds += dt
+        stats.add_time("target", time.perf_counter() - t0)  # the first: prefill + the first verification
         p = processed_probs(p_logits, temperature, top_p).cpu()  # [g + 1, V]
         d = torch.tensor([drafts], dtype=torch.long)  # [1, g]
         if greedy:
@@ -246,10 +240,7 @@ def autoregressive_generate(
         t0 = time.perf_counter()
         p = processed_probs(step.logits(seq)[-1], temperature, top_p).cpu()
         _sync(step.device)
-        dt = time.perf_counter() - t0
-        if stats.target_calls == 0:  # the prompt's prefill: not a decoding step's cost
-            stats.target_prefills, stats.target_prefill_seconds = 1, dt
-        stats.target_seconds += dt
+        stats.add_time("target", time.perf_counter() - t0)
         stats.target_calls += 1
         tok = _draw(p, temperature == 0, gen)
         new.append(tok)

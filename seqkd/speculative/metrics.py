@@ -99,6 +99,14 @@ class SpecStats:
             self.drafted_at[i] += 1
             self.accepted_at[i] += int(i < num_accepted)
 
+    def add_time(self, who: str, seconds: float) -> None:
+        """One forward call of the ``"draft"`` or the ``"target"`` while decoding one sequence: the first call of each
+        model is the prompt's prefill, kept apart from the step times (``*_prefill_seconds``)."""
+        if getattr(self, f"{who}_prefills") == 0:
+            setattr(self, f"{who}_prefills", 1)
+            setattr(self, f"{who}_prefill_seconds", seconds)
+        setattr(self, f"{who}_seconds", getattr(self, f"{who}_seconds") + seconds)
+
     def __iadd__(self, other: SpecStats) -> SpecStats:
         for i in range(max(len(self.drafted_at), len(other.drafted_at))):
             if i >= len(self.drafted_at):

@@ -11,6 +11,7 @@ Batch size 1 (latency is what speculative decoding buys; a batch's rows would ac
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class Stepper:
         self.model = model
         self.device = next(model.parameters()).device
         self.enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         if self.enc_dec:
             src = input_ids.to(self.device)
             self.src_mask = torch.ones_like(src)
@@ -73,15 +75,19 @@ class Stepper:
         return self.cache.get_seq_length()
 
     @torch.no_grad()
-    def logits(self, seq: Tensor) -> Tensor:
-        """Feed ``seq[:, cached:]`` (``seq`` ``[1, L]``); returns ``[L - cached, V]``: next-token logits after each."""
+    def logits(self, seq: Tensor, keep: int) -> Tensor:
+        """Feed ``seq[:, cached:]`` (``seq`` ``[1, L]``); returns the next-token logits after its last ``keep``
+        positions, ``[keep, V]``. Decoder-only models compute the output layer for those positions only
+        (``logits_to_keep``, as HF ``generate`` does): a prompt's prefill would otherwise pay a ``[L, V]`` product."""
         new = seq[:, self.cached:].to(self.device)
         if self.enc_dec:
             out = self.model(encoder_outputs=self.encoder_outputs, attention_mask=self.src_mask,
                              decoder_input_ids=new, past_key_values=self.cache, use_cache=True)
+        elif self.keeps_logits:
+            out = self.model(input_ids=new, past_key_values=self.cache, use_cache=True, logits_to_keep=keep)
         else:
             out = self.model(input_ids=new, past_key_values=self.cache, use_cache=True)
-        return out.logits[0]
+        return out.logits[0, -keep:]
 
     def crop(self, length: int) -> None:
         """Keep the cache of the first ``length`` positions only."""
@@ -169,7 +175,7 @@ def speculative_generate(
         cur, drafts, qs = seq, [], []
         for _ in range(g):
             t0 = time.perf_counter()
-            q = processed_probs(drf.logits(cur)[-1], temperature, top_p).cpu()
+            q = processed_probs(drf.logits(cur, 1)[-1], temperature, top_p).cpu()
             _sync(drf.device)
             stats.add_time("draft", time.perf_counter() - t0)
             stats.draft_steps += 1
@@ -181,7 +187,7 @@ def speculative_generate(
                 break
         g = len(drafts)
         t0 = time.perf_counter()
-        p_logits = tgt.logits(cur)[-(g + 1):].float()  # [g + 1, V]
+        p_logits = tgt.logits(cur, g + 1).float()  # [g + 1, V]
         _sync(tgt.device)
         stats.add_time("target", time.perf_counter() - t0)  # the first: prefill + the first verification
         p = processed_probs(p_logits, temperature, top_p).cpu()  # [g + 1, V]
@@ -238,7 +244,7 @@ def autoregressive_generate(
     t_wall = time.perf_counter()
     while len(new) < max_new_tokens:
         t0 = time.perf_counter()
-        p = processed_probs(step.logits(seq)[-1], temperature, top_p).cpu()
+        p = processed_probs(step.logits(seq, 1)[-1], temperature, top_p).cpu()
         _sync(step.device)
         stats.add_time("target", time.perf_counter() - t0)
         stats.target_calls += 1

@@ -272,6 +272,13 @@ def format_spec_report(r: dict) -> str:
         line += (f"   (Leviathan bound {r['leviathan_bound']:.2f}x; with the measured v: "
                  f"{r['predicted_speedup']:.2f}x)")
     lines.append(line)
+    if r.get("comparison"):
+        c = r["comparison"]
+        lines.append(f"  tokens/s over {r['passes']} interleaved pass(es), median (min-max); speedup over HF generate:")
+        for k, v in c["tokens_per_s"].items():
+            sp = c["speedup_over_baseline"].get(k)
+            lines.append(f"    {k:18s} {v['median']:8.1f} ({v['min']:.1f}-{v['max']:.1f})"
+                         + (f"   {sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f})" if sp else "   (baseline)"))
     return "\n".join(lines)
 
 

@@ -588,14 +588,22 @@ class SpeculateConfig:
     device: str = _help("cpu or cuda (seqkd and hf engines).", default="cpu")
     dtype: Dtype = _help("Model dtype.", default="float32")
     warmup: int = _help("Prompts decoded first and not timed (both ways).", default=1)
+    passes: int = _help("Timed passes over the prompts, each interleaved prompt by prompt; rates are the median "
+                        "over passes, with their min and max.", default=1)
+    compare_hf: bool = _help(
+        "seqkd engine: also run HF generate and HF assisted generation on every prompt, interleaved with seqkd's "
+        "target-only and speculative decoding, and compare all four on absolute tokens/s against HF generate as the "
+        "one common baseline.", default=False)
     out: str | None = _help("Write the report (JSON) here.", default=None)
 
     def __post_init__(self) -> None:
         check_choices(self)
         if self.input and self.data:  # neither: the caller passes a prompt list (checked before anything loads)
             raise SeqkdError("give either --input FILE or --data NAME, not both")
-        _at_least(self, 1, "gamma", "max_new_tokens", "limit")
+        _at_least(self, 1, "gamma", "max_new_tokens", "limit", "passes")
         _at_least(self, 0, "temperature", "warmup")
+        if self.compare_hf and self.engine != "seqkd":
+            raise SeqkdError("--compare-hf runs HF beside seqkd's decoder: use it with --engine seqkd")
         _top_p(self.top_p)
         if not 0 < self.lenience <= 1:
             raise SeqkdError(f"--lenience must be in (0, 1], got {self.lenience}")

@@ -148,3 +148,30 @@ def test_vllm_counters_leave_out_the_warmup(monkeypatch):
     assert len(outs) == 5 and tokens == 15 and engine.llm.prompts == 7
     assert counters["vllm:spec_decode_num_draft_tokens"] == 20 and counters["vllm:spec_decode_num_drafts"] == 5
     assert counters["per_pos"] == [5, 5, 0, 0]
+
+
+def test_compare_hf_puts_every_engine_on_one_baseline_over_passes(tiny_lm_model, tmp_path, capsys):
+    """--compare-hf --passes 3: seqkd's target-only and speculative decoding, HF generate and HF assisted generation
+    on every prompt, interleaved; absolute rates per pass, medians, and speedups over the one common baseline."""
+    from seqkd.cli import main
+    from seqkd.speculative.runners import speculate
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("lesko sush jun\npelo kiva\nmura sush\n")
+    r = speculate(SpeculateConfig(target=str(tiny_lm_model), draft=str(tiny_lm_model), input=str(prompts), gamma=3,
+                                  max_new_tokens=10, passes=3, compare_hf=True), progress=False)
+    c = r["comparison"]
+    assert c["baseline"] == "hf_generate" and r["passes"] == 3
+    assert set(c["tokens_per_s"]) == {"seqkd_target_only", "seqkd_speculative", "hf_generate", "hf_assisted"}
+    for k, v in c["tokens_per_s"].items():
+        assert len(v["per_pass"]) == 3 and v["min"] <= v["median"] <= v["max"] and v["min"] > 0, k
+    for k, v in c["speedup_over_baseline"].items():
+        want = [x / b for x, b in zip(c["tokens_per_s"][k]["per_pass"], c["tokens_per_s"]["hf_generate"]["per_pass"])]
+        assert v["per_pass"] == pytest.approx(want), k
+    assert r["speedup"] == pytest.approx(r["speedup_spread"]["median"])
+    with pytest.raises(SeqkdError, match="--compare-hf"):
+        SpeculateConfig(target="t", draft="d", input="p", engine="hf", compare_hf=True)
+    assert main(["speculate", "--target", str(tiny_lm_model), "--draft", str(tiny_lm_model), "--input", str(prompts),
+                 "--max-new-tokens", "6", "--compare-hf", "--passes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "speedup over HF generate" in out and "hf_assisted" in out and "(baseline)" in out

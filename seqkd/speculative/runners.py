@@ -7,6 +7,7 @@ The dataclass is the CLI (``seqkd speculate --help``); :func:`speculate` is the 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from typing import Any
 
@@ -117,32 +118,93 @@ def _bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Median, min and max of per-pass values (and the values)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "per_pass": values}
+
+
 def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
-    """Target-only and speculative decoding of each prompt, interleaved (machine noise hits both alike)."""
+    """Target-only and speculative decoding of each prompt, interleaved (machine noise hits both alike), over
+    ``cfg.passes`` passes; with ``cfg.compare_hf`` also HF generate and HF assisted generation on each prompt, all
+    four compared on absolute tokens/s against HF generate."""
     from seqkd.speculative import SpecStats, autoregressive_generate, speculative_generate
 
     kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    hf_kw = _hf_settings(cfg, draft) if cfg.compare_hf else None
     for ids in prompts[: cfg.warmup]:
         autoregressive_generate(target, ids, **kw, seed=cfg.seed)
         speculative_generate(target, draft, ids, gamma=cfg.gamma, **kw, seed=cfg.seed)
+        if hf_kw is not None:
+            _hf_generate(target, ids, hf_kw, cfg.seed)
+            _hf_generate(target, ids, hf_kw, cfg.seed, draft)
     base, spec = SpecStats(), SpecStats()
     same = 0
-    with _bar(len(prompts), progress, "speculate") as bar:
-        for i, ids in enumerate(prompts):
-            b = autoregressive_generate(target, ids, **kw, seed=cfg.seed + i)
-            s = speculative_generate(target, draft, ids, gamma=cfg.gamma, adaptive_gamma=cfg.adaptive_gamma,
-                                     lenience=cfg.lenience, **kw, seed=cfg.seed + i)
-            base += b.stats
-            spec += s.stats
-            same += b.new_tokens == s.new_tokens
-            bar.update()
-            bar.set_postfix(accept=f"{spec.acceptance_rate:.2f}", tau=f"{spec.block_efficiency:.2f}")
+    streams = ("seqkd_target_only", "seqkd_speculative") + (("hf_generate", "hf_assisted") if hf_kw else ())
+    rates: dict[str, list[float]] = {k: [] for k in streams}
+    with _bar(len(prompts) * cfg.passes, progress, "speculate") as bar:
+        for p in range(cfg.passes):
+            tokens = {k: 0 for k in streams}
+            seconds = {k: 0.0 for k in streams}
+            for i, ids in enumerate(prompts):
+                b = autoregressive_generate(target, ids, **kw, seed=cfg.seed + i)
+                s = speculative_generate(target, draft, ids, gamma=cfg.gamma, adaptive_gamma=cfg.adaptive_gamma,
+                                         lenience=cfg.lenience, **kw, seed=cfg.seed + i)
+                for k, st in (("seqkd_target_only", b.stats), ("seqkd_speculative", s.stats)):
+                    tokens[k] += st.generated
+                    seconds[k] += st.wall_seconds
+                if hf_kw is not None:
+                    for k, d in (("hf_generate", None), ("hf_assisted", draft)):
+                        n, dt = _hf_generate(target, ids, hf_kw, cfg.seed + i, d)
+                        tokens[k] += n
+                        seconds[k] += dt
+                if p == 0:  # the counts are the same every pass (same seeds); the times differ
+                    base += b.stats
+                    spec += s.stats
+                    same += b.new_tokens == s.new_tokens
+                bar.update()
+                bar.set_postfix(accept=f"{spec.acceptance_rate:.2f}", tau=f"{spec.block_efficiency:.2f}")
+            for k in streams:
+                rates[k].append(tokens[k] / seconds[k] if seconds[k] else 0.0)
     # the bound for the gamma asked for (blocks near the end draft fewer); adaptive gamma: the largest one used
     out = spec.summary(baseline=base, gamma=None if cfg.adaptive_gamma else cfg.gamma)
-    out.update(target_only_tokens_per_s=base.tokens_per_s, speculative_tokens_per_s=spec.tokens_per_s,
-               speedup=spec.tokens_per_s / base.tokens_per_s if base.tokens_per_s else 0.0,
+    speedups = [s / b if b else 0.0 for s, b in zip(rates["seqkd_speculative"], rates["seqkd_target_only"])]
+    out.update(target_only_tokens_per_s=statistics.median(rates["seqkd_target_only"]),
+               speculative_tokens_per_s=statistics.median(rates["seqkd_speculative"]),
+               speedup=statistics.median(speedups), speedup_spread=_spread(speedups), passes=cfg.passes,
+               tokens_per_s={k: _spread(v) for k, v in rates.items()},
                target_step_seconds=base.target_step_seconds, identical_outputs=same / len(prompts))
+    if hf_kw is not None:
+        common = rates["hf_generate"]
+        out["comparison"] = {
+            "baseline": "hf_generate",
+            "tokens_per_s": {k: _spread(v) for k, v in rates.items()},
+            "speedup_over_baseline": {k: _spread([x / c if c else 0.0 for x, c in zip(rates[k], common)])
+                                      for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")},
+        }
     return out
+
+
+def _hf_settings(cfg: SpeculateConfig, draft) -> dict[str, Any]:
+    """``generate`` keywords for HF assisted generation with the same gamma / sampling as the other engines."""
+    sample = cfg.temperature > 0
+    gen_kw: dict[str, Any] = dict(do_sample=sample, max_new_tokens=cfg.max_new_tokens, num_beams=1)
+    if sample:
+        gen_kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+    draft.generation_config.num_assistant_tokens = cfg.gamma
+    draft.generation_config.num_assistant_tokens_schedule = "heuristic" if cfg.adaptive_gamma else "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0  # draft gamma tokens, as the other engines
+    return gen_kw
+
+
+def _hf_generate(target, ids: torch.Tensor, gen_kw: dict[str, Any], seed: int, draft=None) -> tuple[int, float]:
+    """One prompt with HF ``generate`` (``draft``: assisted generation); returns (new tokens, seconds)."""
+    ids = ids.to(target.device)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kw,
+                          **({"assistant_model": draft} if draft is not None else {}))
+    dt = time.perf_counter() - t0
+    return out.shape[1] - (1 if target.config.is_encoder_decoder else ids.shape[1]), dt
 
 
 class _CallCounter:
@@ -162,23 +224,10 @@ class _CallCounter:
 def _run_hf(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
     """transformers assisted generation (``assistant_model=draft``) vs plain ``generate``, interleaved. Acceptance
     is counted from forward calls: each target call emits its accepted run plus one token."""
-    sample = cfg.temperature > 0
-    gen_kw: dict[str, Any] = dict(do_sample=sample, max_new_tokens=cfg.max_new_tokens, num_beams=1)
-    if sample:
-        gen_kw.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-    draft.generation_config.num_assistant_tokens = cfg.gamma
-    draft.generation_config.num_assistant_tokens_schedule = "heuristic" if cfg.adaptive_gamma else "constant"
-    draft.generation_config.assistant_confidence_threshold = 0.0  # draft gamma tokens, as the other engines
+    gen_kw = _hf_settings(cfg, draft)
 
     def run(ids, assisted: bool, seed: int) -> tuple[int, float]:
-        ids = ids.to(target.device)
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kw,
-                              **({"assistant_model": draft} if assisted else {}))
-        dt = time.perf_counter() - t0
-        n = out.shape[1] - (1 if target.config.is_encoder_decoder else ids.shape[1])
-        return n, dt
+        return _hf_generate(target, ids, gen_kw, seed, draft if assisted else None)
 
     for ids in prompts[: cfg.warmup]:
         run(ids, False, cfg.seed)

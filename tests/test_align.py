@@ -94,6 +94,8 @@ def test_align_on_policy_tvd_raises_acceptance_and_the_draft_works_in_hf(tiny_lm
                           eval_prompts=str(prompt_files[1]), eval_size=30, max_steps=80, lr=3e-3, warmup_steps=10,
                           max_tokens=1024, max_new_tokens=24, progress=False))
     b, a = r["before"], r["after"]
+    # measured with the models the job holds (the target frozen by training): sizes still counted
+    assert b["params"] == a["params"] and 0 < a["params"]["draft"] < a["params"]["target"]
     assert r["train"]["onpolicy_fraction"] == 1.0
     assert a["analytic_acceptance"] > b["analytic_acceptance"] + 0.1, (b["analytic_acceptance"],
                                                                         a["analytic_acceptance"])

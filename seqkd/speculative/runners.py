@@ -89,7 +89,8 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
     else:
         if not holds:
             target, draft = _load(cfg.target, cfg), _load(cfg.draft, cfg)
-        t_params, d_params = count_parameters(target), count_parameters(draft)
+        # frozen parameters count too: a target held by a training job has requires_grad off
+        t_params, d_params = (count_parameters(m, trainable_only=False) for m in (target, draft))
         family = "seq2seq" if target.config.is_encoder_decoder else "causal"
         if bool(draft.config.is_encoder_decoder) != (family == "seq2seq"):
             raise SeqkdError("target and draft must be of the same family (both decoder-only or both encoder-decoder)")

@@ -79,6 +79,8 @@ def parse_args(argv=None):
     p.add_argument("--align-max-tokens", type=int, default=None,
                    help="token budget of an alignment batch (default: 4096 multi30k, 1024 smollm2)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--passes", type=int, default=3,
+                   help="timed passes over the prompts, interleaved prompt by prompt (median, min-max reported)")
     p.add_argument("--name", default=None, help="results file name (default: speculative[_smollm2])")
     p.add_argument("--target", default=str(TARGET), help="pair multi30k's target (the llama-teacher)")
     p.add_argument("--spec-dir", default=str(SPEC), help="where the drafts are kept")
@@ -211,11 +213,15 @@ def smollm2_pair(a) -> tuple[Path, dict[str, Path], dict]:
 def measure(draft: Path, prompts_file: Path, a, gamma: int, temperature: float, engine: str = "seqkd") -> dict:
     from seqkd.speculative.runners import SpeculateConfig, speculate
 
+    # the seqkd rows at the engines' gamma also run HF generate and HF assisted on every prompt, interleaved:
+    # seqkd's decoder and HF's compared on absolute tokens/s against one baseline (HF generate)
+    compare = engine == "seqkd" and gamma == a.engine_gamma
     cfg = SpeculateConfig(target=str(TARGET), draft=str(draft), input=str(prompts_file), gamma=gamma,
                           temperature=temperature, max_new_tokens=a.max_new_tokens, engine=engine, warmup=2,
-                          prompt_format=PROMPT_FORMAT)
+                          prompt_format=PROMPT_FORMAT, passes=a.passes, compare_hf=compare)
     r = speculate(cfg, progress=False)
-    return {k: v for k, v in r.items() if not isinstance(v, (list, dict)) or k == "per_position_acceptance"}
+    keep = ("per_position_acceptance", "speedup_spread", "tokens_per_s", "comparison")
+    return {k: v for k, v in r.items() if not isinstance(v, (list, dict)) or k in keep}
 
 
 def measure_vllm(draft: Path, prompts_file: Path, a, gamma: int) -> dict:

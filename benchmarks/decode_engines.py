@@ -128,18 +128,35 @@ def run_in_subprocess(engine_name: str, teacher: str, a, modes: str) -> dict:
     return json.loads([l for l in lines if l.startswith("RESULT ")][-1][len("RESULT "):])
 
 
-def compare(name: str, hf: dict, vl: dict, refs: list[str] | None) -> dict:
+def compare(name: str, hfs: list[dict], vls: list[dict], refs: list[str] | None) -> dict:
+    """Per mode, the engines' rates over the passes (HF and vLLM workers alternated, one pass each): median with
+    min and max, the vLLM / HF ratio of each pass, and HF's rate without its float32 scoring pass."""
     from seqkd.evaluate import score
 
+    def spread(values: list[float]) -> dict:
+        s = common.summary(values)
+        return {**s, "per_pass": values}
+
     rows = {}
+    hf, vl = hfs[0], vls[0]  # outputs are the same every pass (deterministic, or seeded); rates differ
     for mode in hf["modes"]:
         h, v = hf["modes"][mode], vl["modes"][mode]
+        hs, vs = [x["modes"][mode] for x in hfs], [x["modes"][mode] for x in vls]
+        hf_tok = [x["tokens_per_s"] for x in hs]
+        vl_tok = [x["tokens_per_s"] for x in vs]
+        hf_gen = [x["tokens"] / (x["seconds"] - x["scoring_s"]) for x in hs]
+        ratio = [b / a for a, b in zip(hf_tok, vl_tok)]
         row = {
-            "prompts": h["prompts"],
-            "hf_sentences_per_s": h["sentences_per_s"], "vllm_sentences_per_s": v["sentences_per_s"],
-            "hf_tokens_per_s": h["tokens_per_s"], "vllm_tokens_per_s": v["tokens_per_s"],
-            "speedup_sentences": v["sentences_per_s"] / h["sentences_per_s"],
-            "speedup_tokens": v["tokens_per_s"] / h["tokens_per_s"],
+            "prompts": h["prompts"], "passes": len(hs),
+            "hf_sentences_per_s": common.summary([x["sentences_per_s"] for x in hs])["median"],
+            "vllm_sentences_per_s": common.summary([x["sentences_per_s"] for x in vs])["median"],
+            "hf_tokens_per_s": common.summary(hf_tok)["median"], "vllm_tokens_per_s": common.summary(vl_tok)["median"],
+            "hf_generate_only_tokens_per_s": common.summary(hf_gen)["median"],
+            "speedup_sentences": common.summary([b["sentences_per_s"] / a["sentences_per_s"]
+                                                 for a, b in zip(hs, vs)])["median"],
+            "speedup_tokens": common.summary(ratio)["median"],
+            "spread": {"hf_tokens_per_s": spread(hf_tok), "vllm_tokens_per_s": spread(vl_tok),
+                       "hf_generate_only_tokens_per_s": spread(hf_gen), "speedup_tokens": spread(ratio)},
             "hf_seconds": h["seconds"], "vllm_seconds": v["seconds"], "hf_scoring_share": h["scoring_s"] / h["seconds"],
             "hf_unfinished": h["unfinished"], "vllm_unfinished": v["unfinished"],
         }
@@ -150,7 +167,8 @@ def compare(name: str, hf: dict, vl: dict, refs: list[str] | None) -> dict:
             row["hf_bleu"] = score(h["texts"], r).bleu
             row["vllm_bleu"] = score(v["texts"], r).bleu
         rows[mode] = row
-    return {"teacher": name, "hf_load_s": hf["load_s"], "vllm_load_s": vl["load_s"], "modes": rows}
+    return {"teacher": name, "hf_load_s": common.summary([x["load_s"] for x in hfs])["median"],
+            "vllm_load_s": common.summary([x["load_s"] for x in vls])["median"], "modes": rows}
 
 
 def write_results(results: list[dict], meta: dict) -> Path:
@@ -160,7 +178,11 @@ def write_results(results: list[dict], meta: dict) -> Path:
         f"Machine: {meta['machine']}; {meta['device']}; torch {meta['torch']}, transformers {meta['transformers']}, "
         f"vLLM {meta['vllm']}. float32. Run took {meta['minutes']:.1f} min ({meta['date']}).",
         "",
-        "| teacher | mode | prompts | HF sent/s | vLLM sent/s | HF tok/s | vLLM tok/s | speedup (tok/s) | "
+        "Rates: median (min–max) over the passes; HF and vLLM each run in a fresh process, alternated (HF, vLLM, HF, "
+        "...), one timed pass per process after a warm-up. HF's rate includes its float32 scoring pass (the corpus "
+        "needs its log-probs; vLLM returns them with the tokens); the generate-only column leaves it out.",
+        "",
+        "| teacher | mode | prompts | passes | HF tok/s | HF generate-only tok/s | vLLM tok/s | vLLM / HF (tok/s) | "
         "HF scoring share | same top output | BLEU HF / vLLM |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -168,10 +190,14 @@ def write_results(results: list[dict], meta: dict) -> Path:
         for mode, m in r["modes"].items():
             agree = f"{m['top_output_agreement']:.1%}" if "top_output_agreement" in m else "-"
             bleu = f"{m['hf_bleu']:.2f} / {m['vllm_bleu']:.2f}" if "hf_bleu" in m else "-"
-            lines.append(f"| {r['teacher']} | {mode} | {m['prompts']} | {m['hf_sentences_per_s']:.2f} | "
-                         f"{m['vllm_sentences_per_s']:.2f} | {m['hf_tokens_per_s']:.0f} | "
-                         f"{m['vllm_tokens_per_s']:.0f} | "
-                         f"**{m['speedup_tokens']:.2f}x** | {m['hf_scoring_share']:.0%} | {agree} | {bleu} |")
+            sp = m["spread"]
+
+            def rng(k: str, f: str = ".0f") -> str:
+                return f"{sp[k]['median']:{f}} ({sp[k]['min']:{f}}–{sp[k]['max']:{f}})"
+
+            lines.append(f"| {r['teacher']} | {mode} | {m['prompts']} | {m['passes']} | {rng('hf_tokens_per_s')} | "
+                         f"{rng('hf_generate_only_tokens_per_s')} | {rng('vllm_tokens_per_s')} | "
+                         f"**{rng('speedup_tokens', '.2f')}x** | {m['hf_scoring_share']:.0%} | {agree} | {bleu} |")
     for f in meta.get("failures", []):
         lines += ["", f"**{f['teacher']}: no result** — {f['error']}"]
     lines += ["", "Engine start-up (not in the rates): " + "; ".join(
@@ -216,6 +242,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="prompts per teacher (default: all val / 240)")
     ap.add_argument("--smollm2-limit", type=int, default=120, help="prompts for smollm2 (HF: ~4 s per prompt)")
     ap.add_argument("--beam-limit", type=int, default=100, help="prompts for beam5 (vLLM beam search is slow)")
+    ap.add_argument("--passes", type=int, default=3,
+                    help="timed passes: HF and vLLM worker processes alternated this many times each")
     ap.add_argument("--worker", choices=["hf", "vllm"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     os.environ.setdefault("SEQKD_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -234,13 +262,15 @@ def main() -> None:
         print(f"{name}: {len(texts)} prompts from {common.rel(model_dir)}", flush=True)
         modes_of = a.smollm2_modes if name == "smollm2" else a.modes
         try:
-            hf = run_in_subprocess("hf", name, a, modes_of)
-            vl = run_in_subprocess("vllm", name, a, modes_of)
+            hfs, vls = [], []
+            for _ in range(a.passes):  # interleaved: drift of the machine's speed hits both engines alike
+                hfs.append(run_in_subprocess("hf", name, a, modes_of))
+                vls.append(run_in_subprocess("vllm", name, a, modes_of))
         except RuntimeError as e:  # recorded, not hidden: the table says which teacher failed and why
             print(f"{name}: {e}", flush=True)
             failures.append({"teacher": name, "error": common.portable_text(str(e))})
             continue
-        results.append(compare(name, hf, vl, refs))
+        results.append(compare(name, hfs, vls, refs))
     meta = {
         "machine": common.machine_line(), "device": "CPU only (this benchmark never uses a GPU)",
         "torch": packages["torch"], "transformers": packages["transformers"], "vllm": packages["vllm"],

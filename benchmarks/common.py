@@ -281,14 +281,9 @@ def run_info(argv: list[str] | None = None) -> dict:
 
 # ----------------------------------------------------------------------------------------------- writing
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from seqkd.io import atomic_write_text  # the package's one implementation (temp file, fsync, rename)
+
+    atomic_write_text(path, text)
 
 
 def header(run: dict | None, env: dict | None) -> str:

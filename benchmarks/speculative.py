@@ -272,10 +272,11 @@ def main(argv=None) -> None:
         return
     t_measure = time.perf_counter()
     rows = []
+    cached = RowCache(SPEC / f"{a.name}_rows", a)
     for name, d in drafts.items():
         for temp in a.temperatures:
             for g in a.gammas:
-                r = measure(d, prompts_file, a, g, temp)
+                r = cached(f"seqkd-{name}-T{temp:g}-g{g}", lambda: measure(d, prompts_file, a, g, temp))
                 rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": common.rel(d), "engine": "seqkd",
                              "target": common.rel(TARGET)})
                 print(f"{name:16s} T={temp} g={g}: accept {r['acceptance_rate']:.3f} tau {r['block_efficiency']:.2f} "
@@ -285,8 +286,9 @@ def main(argv=None) -> None:
         for engine in a.engines:
             temps = [0.0] if engine == "vllm" else a.temperatures
             for temp in temps:
-                r = (measure_vllm(drafts[name], prompts_file, a, a.engine_gamma) if engine == "vllm"
-                     else measure(drafts[name], prompts_file, a, a.engine_gamma, temp, engine="hf"))
+                r = cached(f"{engine}-{name}-T{temp:g}-g{a.engine_gamma}",
+                           lambda: measure_vllm(drafts[name], prompts_file, a, a.engine_gamma) if engine == "vllm"
+                           else measure(drafts[name], prompts_file, a, a.engine_gamma, temp, engine="hf"))
                 r = {k: v for k, v in r.items() if not isinstance(v, dict)}
                 rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": common.rel(drafts[name]),
                              "engine": engine, "gamma": a.engine_gamma, "temperature": temp,
@@ -302,6 +304,32 @@ def main(argv=None) -> None:
             "pair": a.pair, "prompts": a.prompts, **stages, "measure_minutes": (time.perf_counter() - t_measure) / 60,
             "minutes": (time.perf_counter() - t0) / 60, "align": align_info, "settings": common.rel_args(a)}
     write(rows, meta, a.name)
+
+
+class RowCache:
+    """Finished measurements kept one file per row, so that a killed run (hours on 2 cores) continues where it
+    stopped. A row is reused only when the settings it depends on are the same; each row keeps its commit."""
+
+    def __init__(self, folder: Path, a):
+        self.folder = folder
+        self.key = {k: getattr(a, k) for k in ("pair", "prompts", "passes", "max_new_tokens", "engine_gamma")}
+
+    def __call__(self, name: str, run) -> dict:
+        from seqkd.io import atomic_write_json
+
+        path = self.folder / f"{name}.json"
+        if path.exists():
+            kept = json.loads(path.read_text())
+            if kept.get("key") == self.key:
+                print(f"{name}: measured earlier (commit {kept['commit']}), reused", flush=True)
+                return {**kept["row"], "commit": kept["commit"]}
+        row = run()
+        if "error" not in row:  # a failure is measured again next time
+            commit = common.run_info()["commit"]
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"key": self.key, "commit": commit, "row": row})
+            row = {**row, "commit": commit}
+        return row
 
 
 def call_costs(prompts_file: Path, draft: Path, ns=(1, 2, 3, 4, 5, 7, 9), reps: int = 20) -> dict:

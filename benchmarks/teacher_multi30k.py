@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-steps", type=int, default=1000, help="validate (val BLEU) every N steps")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
     p.add_argument("--reuse", action="store_true", help="skip training where a trained model exists")
+    p.add_argument("--train-only", action="store_true",
+                   help="train and stop (e.g. on a GPU); a later --reuse run scores the models where they are used")
     p.add_argument("--note", default="", help="a remark stored with the results (e.g. the card used)")
     return p.parse_args(argv)
 
@@ -115,6 +117,8 @@ def main(argv=None) -> None:
     for family in args.families:
         print(f"== {family}-teacher", flush=True)
         model_dir, summary = train_family(args, family, tok_dir)
+        if args.train_only:
+            continue
         rows = score_model(model_dir, tests, args.batch_size)
         result["families"][family] = {
             "preset": f"{family}-teacher",
@@ -132,7 +136,8 @@ def main(argv=None) -> None:
             "commit": common.run_info()["commit"],  # rows of other families may come from earlier runs
         }
         write(result, args, time.perf_counter() - t0)  # partial results survive an interrupted run
-    write(result, args, time.perf_counter() - t0)
+    if not args.train_only:
+        write(result, args, time.perf_counter() - t0)
 
 
 def write(result: dict, args, seconds: float) -> None:
@@ -153,7 +158,8 @@ def write(result: dict, args, seconds: float) -> None:
               "Commands (one per family row):", ""]
     for fam, r in result["families"].items():
         st = r["settings"]
-        cmd = (f"python benchmarks/teacher_multi30k.py --families {fam} --max-minutes {st['max_minutes']:g} "
+        cmd = (f"python benchmarks/teacher_multi30k.py --families {fam} --max-steps {st['max_steps']} "
+               f"--max-minutes {st['max_minutes']:g} "
                f"--lr {st['lr']:g} --warmup-steps {st['warmup_steps']} --eval-steps {st['eval_steps']} "
                f"--max-tokens {st['max_tokens']}")
         note = f" — {r['note']}" if r.get("note") else ""

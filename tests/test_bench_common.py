@@ -105,3 +105,33 @@ def test_summary_median_min_max(common):
     assert common.fmt_summary(common.summary([0.1234]), ".3f", " s") == "0.123 s"
     with pytest.raises(ValueError):
         common.summary([])
+
+
+def test_speculative_rows_are_kept_and_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    """benchmarks/speculative.py's RowCache: a killed run continues; a change of settings measures again."""
+    import argparse
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_speculative", ROOT / "benchmarks" / "speculative.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules.pop("bench_speculative", None)
+    a = argparse.Namespace(pair="multi30k", prompts=80, passes=3, max_new_tokens=64, engine_gamma=4)
+    calls = []
+
+    def measure(value):
+        def run():
+            calls.append(value)
+            return {"speedup": value}
+        return run
+
+    cache = mod.RowCache(tmp_path / "rows", a)
+    first = cache("seqkd-unaligned-T0-g4", measure(0.9))
+    again = mod.RowCache(tmp_path / "rows", a)("seqkd-unaligned-T0-g4", measure(1.7))  # a new process: reused
+    assert first["speedup"] == again["speedup"] == 0.9 and calls == [0.9]
+    assert again["commit"] == first["commit"]
+    changed = argparse.Namespace(**{**vars(a), "passes": 5})
+    assert mod.RowCache(tmp_path / "rows", changed)("seqkd-unaligned-T0-g4", measure(1.1))["speedup"] == 1.1
+    failed = mod.RowCache(tmp_path / "rows", a)("vllm-unaligned-T0-g4", lambda: {"error": "no vLLM"})
+    assert failed == {"error": "no vLLM"} and not (tmp_path / "rows" / "vllm-unaligned-T0-g4.json").exists()

@@ -14,7 +14,7 @@ log-probs come from a re-scoring pass (timed separately), vLLM's come with the t
 first (a few prompts in every mode); HF and vLLM never run at the same time, and each runs in a fresh process
 (vLLM changes the thread settings of the process that starts it, which would slow a later HF run).
 
-    python benchmarks/decode_engines.py --beam-limit 50      # what the README reports (~20 min on 2 cores)
+    python benchmarks/decode_engines.py --beam-limit 50 --smollm2-limit 60   # the README's (~1 h on 2 cores)
     python benchmarks/decode_engines.py --teachers llama --limit 200
 
 Writes benchmarks/results/decode_engines.{json,md,png}.
@@ -112,10 +112,23 @@ def run_engine(engine_name: str, model_dir: str, prompt_format: str, texts: list
     return out
 
 
-def run_in_subprocess(engine_name: str, teacher: str, a, modes: str) -> dict:
+WORK = ROOT / "benchmarks" / "work" / "decode_engines"  # finished passes, so that a killed run continues
+
+
+def run_in_subprocess(engine_name: str, teacher: str, a, modes: str, k: int = 0) -> dict:
+    """Pass ``k`` of one engine on one teacher in a fresh process; a pass finished earlier with the same settings
+    (and the same commit) is read back instead of being run again."""
     import subprocess
 
+    from seqkd.io import atomic_write_json
+
     limit = a.smollm2_limit if teacher == "smollm2" else a.limit
+    key = {"teacher": teacher, "engine": engine_name, "pass": k, "modes": modes, "limit": limit,
+           "beam_limit": a.beam_limit, "commit": common.run_info()["commit"]}
+    kept = WORK / f"{teacher}-{engine_name}-{k}.json"
+    if kept.exists() and json.loads(kept.read_text()).get("key") == key:
+        print(f"  {engine_name} pass {k}: finished earlier, reused", flush=True)
+        return json.loads(kept.read_text())["result"]
     cmd = [sys.executable, "-u", __file__, "--worker", engine_name, "--teachers", teacher, "--modes", modes,
            "--beam-limit", str(a.beam_limit)] + (["--limit", str(limit)] if limit else [])
     r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -125,7 +138,10 @@ def run_in_subprocess(engine_name: str, teacher: str, a, modes: str) -> dict:
         raise RuntimeError(f"{engine_name} worker failed ({r.returncode}): {errors[-1] if errors else ''}")
     lines = r.stdout.splitlines()
     print("\n".join(l for l in lines if not l.startswith("RESULT ")), flush=True)
-    return json.loads([l for l in lines if l.startswith("RESULT ")][-1][len("RESULT "):])
+    result = json.loads([l for l in lines if l.startswith("RESULT ")][-1][len("RESULT "):])
+    WORK.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(kept, {"key": key, "result": result})
+    return result
 
 
 def compare(name: str, hfs: list[dict], vls: list[dict], refs: list[str] | None) -> dict:
@@ -263,9 +279,9 @@ def main() -> None:
         modes_of = a.smollm2_modes if name == "smollm2" else a.modes
         try:
             hfs, vls = [], []
-            for _ in range(a.passes):  # interleaved: drift of the machine's speed hits both engines alike
-                hfs.append(run_in_subprocess("hf", name, a, modes_of))
-                vls.append(run_in_subprocess("vllm", name, a, modes_of))
+            for k in range(a.passes):  # interleaved: drift of the machine's speed hits both engines alike
+                hfs.append(run_in_subprocess("hf", name, a, modes_of, k))
+                vls.append(run_in_subprocess("vllm", name, a, modes_of, k))
         except RuntimeError as e:  # recorded, not hidden: the table says which teacher failed and why
             print(f"{name}: {e}", flush=True)
             failures.append({"teacher": name, "error": common.portable_text(str(e))})

@@ -230,7 +230,7 @@ def measure_vllm(draft: Path, prompts_file: Path, a, gamma: int) -> dict:
             "if __name__ == '__main__':\n"
             f"    r = speculate(SpeculateConfig(target={str(TARGET)!r}, draft={str(draft)!r}, "
             f"input={str(prompts_file)!r}, gamma={gamma}, temperature=0.0, max_new_tokens={a.max_new_tokens}, "
-            f"engine='vllm', warmup=2, prompt_format={PROMPT_FORMAT!r}), progress=False)\n"
+            f"engine='vllm', warmup=2, prompt_format={PROMPT_FORMAT!r}, passes={a.passes}), progress=False)\n"
             "    print('RESULT ' + json.dumps(r))\n")
     script = SPEC / "_vllm_measure.py"
     script.write_text(code)

@@ -25,6 +25,7 @@ anchor defines it (tests/test_spec_metrics.py pins each on a crafted case).
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -191,3 +192,9 @@ class SpecStats:
         d.update(self.costs(baseline, gamma) if baseline is not None else
                  {"cost_ratio": None, "verification_cost": None, "leviathan_bound": None, "predicted_speedup": None})
         return d
+
+
+def spread(values: list[float]) -> dict:
+    """Median, min and max of repeated (per-pass) measurements, with the values: how every timed comparison is
+    reported."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "per_pass": list(values)}

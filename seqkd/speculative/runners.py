@@ -16,6 +16,7 @@ import torch
 from seqkd.config import SpeculateConfig
 from seqkd.errors import SeqkdError
 from seqkd.io import atomic_write_json
+from seqkd.speculative.metrics import spread
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,6 @@ def _bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
 
 
-def _spread(values: list[float]) -> dict[str, Any]:
-    """Median, min and max of per-pass values (and the values)."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "per_pass": values}
-
-
 def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
     """Target-only and speculative decoding of each prompt, interleaved (machine noise hits both alike), over
     ``cfg.passes`` passes; with ``cfg.compare_hf`` also HF generate and HF assisted generation on each prompt, all
@@ -171,15 +167,15 @@ def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor],
     speedups = [s / b if b else 0.0 for s, b in zip(rates["seqkd_speculative"], rates["seqkd_target_only"])]
     out.update(target_only_tokens_per_s=statistics.median(rates["seqkd_target_only"]),
                speculative_tokens_per_s=statistics.median(rates["seqkd_speculative"]),
-               speedup=statistics.median(speedups), speedup_spread=_spread(speedups), passes=cfg.passes,
-               tokens_per_s={k: _spread(v) for k, v in rates.items()},
+               speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
+               tokens_per_s={k: spread(v) for k, v in rates.items()},
                target_step_seconds=base.target_step_seconds, identical_outputs=same / len(prompts))
     if hf_kw is not None:
         common = rates["hf_generate"]
         out["comparison"] = {
             "baseline": "hf_generate",
-            "tokens_per_s": {k: _spread(v) for k, v in rates.items()},
-            "speedup_over_baseline": {k: _spread([x / c if c else 0.0 for x, c in zip(rates[k], common)])
+            "tokens_per_s": {k: spread(v) for k, v in rates.items()},
+            "speedup_over_baseline": {k: spread([x / c if c else 0.0 for x, c in zip(rates[k], common)])
                                       for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")},
         }
     return out

@@ -5,8 +5,11 @@ needs a ``__main__`` guard (vLLM starts worker processes)."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
+
+from seqkd.speculative.metrics import spread
 
 # vLLM's counters (vllm/v1/spec_decode/metrics.py): drafts = target verification steps, draft tokens proposed,
 # accepted tokens, and accepted tokens per draft position.
@@ -29,9 +32,11 @@ def spec_counters(llm) -> dict[str, Any]:
     return found
 
 
-def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list[list[int]], int, float, dict]:
-    """Warm up on the first ``warmup`` prompts, then decode every prompt one at a time; returns the outputs, tokens,
-    seconds and vLLM's counters over the timed prompts only (the warm-up's drafts are not counted)."""
+def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int,
+               passes: int = 1) -> tuple[list[list[int]], int, list[float], dict]:
+    """Warm up on the first ``warmup`` prompts, then decode every prompt one at a time, ``passes`` times; returns the
+    first pass's outputs, its token count, the seconds of each pass, and vLLM's counters summed over the timed passes
+    only (the warm-up's drafts are not counted). Seeds repeat each pass, so every pass decodes the same tokens."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -45,14 +50,18 @@ def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int) -> tuple[list
     for p in prompts[:warmup]:
         engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(0), use_tqdm=False)
     before = spec_counters(engine.llm)
-    outs, tokens, seconds = [], 0, 0.0
-    for i, p in enumerate(prompts):
-        t0 = time.perf_counter()
-        out = engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(i), use_tqdm=False)
-        seconds += time.perf_counter() - t0
-        ids = list(out[0].outputs[0].token_ids)
-        outs.append(ids)
-        tokens += len(ids)
+    outs, tokens, seconds = [], 0, []
+    for k in range(passes):
+        secs = 0.0
+        for i, p in enumerate(prompts):
+            t0 = time.perf_counter()
+            out = engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(i), use_tqdm=False)
+            secs += time.perf_counter() - t0
+            if k == 0:
+                ids = list(out[0].outputs[0].token_ids)
+                outs.append(ids)
+                tokens += len(ids)
+        seconds.append(secs)
     after = spec_counters(engine.llm)
     counters = {k: (after[k] - before[k]) if k != "per_pos" else
                 [a - b for a, b in zip(after[k], before[k] + [0] * len(after[k]))] for k in after}
@@ -67,31 +76,40 @@ def vllm_speculate(cfg, texts: list[str]) -> dict[str, Any]:
                 # a sampled draft with its probabilities in the ratio test (vLLM's default drafts greedily)
                 "draft_sample_method": "probabilistic" if cfg.temperature > 0 else "greedy"}
     runs: dict[str, Any] = {}
+    passes = getattr(cfg, "passes", 1)
     for name, extra in (("speculative", {"speculative_config": spec_cfg}), ("target_only", {})):
         engine = VLLMEngine(cfg.target, dtype=cfg.dtype, enforce_eager=True, prompt_format=cfg.prompt_format,
                             engine_args=extra)
         prompts = engine.encode(texts)
-        outs, tokens, seconds, counters = _timed_run(engine, prompts, cfg, cfg.warmup)
-        runs[name] = {"outputs": outs, "tokens": tokens, "seconds": seconds, "counters": counters}
+        outs, tokens, seconds, counters = _timed_run(engine, prompts, cfg, cfg.warmup, passes)
+        runs[name] = {"outputs": outs, "tokens": tokens, "rates": [tokens / s for s in seconds], "counters": counters}
         engine.close()
     c = runs["speculative"]["counters"]
     drafts, drafted, accepted = (c[k] for k in _COUNTERS)
-    spec_rate = runs["speculative"]["tokens"] / runs["speculative"]["seconds"]
-    base_rate = runs["target_only"]["tokens"] / runs["target_only"]["seconds"]
+    spec_rates, base_rates = runs["speculative"]["rates"], runs["target_only"]["rates"]
+    spec_rate, base_rate = statistics.median(spec_rates), statistics.median(base_rates)
+    # the two engines cannot share the process, so their passes are not interleaved: the ratio's range pairs every
+    # speculative pass with every target-only pass
+    ratios = [s / b for s in spec_rates for b in base_rates]
     same = sum(a == b for a, b in zip(runs["speculative"]["outputs"], runs["target_only"]["outputs"]))
+    emitted = runs["speculative"]["tokens"] * passes  # every pass emits the same tokens (same seeds)
     return {
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         # tokens emitted per verification step, counting only tokens that reach the output (as seqkd's tau): each
         # prompt's first token comes from its prefill step, every other one from a verification step
-        "block_efficiency": (runs["speculative"]["tokens"] - len(texts)) / drafts if drafts else 0.0,
+        "block_efficiency": (emitted - len(texts) * passes) / drafts if drafts else 0.0,
         # vLLM's own mean acceptance length, 1 + accepted / drafts: it also counts the bonus token of a step whose
         # output had already ended (eos, length limit), so it runs above the tokens actually emitted
         "mean_acceptance_length": 1 + accepted / drafts if drafts else 0.0,
         "per_position_acceptance": [a / drafts for a in c["per_pos"]] if drafts else [],
         "target_calls": drafts, "drafted": drafted, "accepted": accepted,
-        "generated": runs["speculative"]["tokens"],
+        "generated": runs["speculative"]["tokens"], "passes": passes,
         "target_only_tokens_per_s": base_rate, "speculative_tokens_per_s": spec_rate,
+        "tokens_per_s": {"vllm_target_only": spread(base_rates), "vllm_speculative": spread(spec_rates)},
         "speedup": spec_rate / base_rate if base_rate else 0.0,
+        "speedup_spread": {"median": spec_rate / base_rate if base_rate else 0.0, "min": min(ratios),
+                           "max": max(ratios)},
         "identical_outputs": same / len(texts),
         "counted_from": "vLLM get_metrics() spec_decode counters",
     }
+

@@ -289,7 +289,7 @@ def main(argv=None) -> None:
                 r = cached(f"{engine}-{name}-T{temp:g}-g{a.engine_gamma}",
                            lambda: measure_vllm(drafts[name], prompts_file, a, a.engine_gamma) if engine == "vllm"
                            else measure(drafts[name], prompts_file, a, a.engine_gamma, temp, engine="hf"))
-                r = {k: v for k, v in r.items() if not isinstance(v, dict)}
+                r = {k: v for k, v in r.items() if not isinstance(v, dict) or k in ("speedup_spread", "tokens_per_s")}
                 rows.append({**r, "pair": a.pair, "draft": name, "draft_dir": common.rel(drafts[name]),
                              "engine": engine, "gamma": a.engine_gamma, "temperature": temp,
                              "target": common.rel(TARGET)})
@@ -390,27 +390,76 @@ def _brief(r: dict) -> dict:
     return {k: r.get(k) for k in ("acceptance_rate", "block_efficiency", "speedup")}
 
 
+def _pm(sp: dict | None, f: str = ".2f") -> str:
+    """median (min-max) of a spread, or '-'."""
+    return common.fmt_summary({**sp, "n": len(sp.get("per_pass", [0, 0]))}, f) if sp else "-"
+
+
 def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> None:
     title, what = TITLES[meta.get("pair", "multi30k")]
+    passes = meta.get("settings", {}).get("passes", 1)
+    commits = sorted({r["commit"] for r in rows if r.get("commit")})
     lines = [f"# Speculative decoding: {title}, before and after DistillSpec", "",
-             f"Machine: {meta['machine']}; torch {meta['torch']}, transformers {meta['transformers']}; "
-             f"{meta['prompts']} {what}, batch size 1, float32; run took {meta['minutes']:.0f} min "
-             f"({meta['date']}).", "",
-             "| draft | engine | T | gamma | acceptance | per-token (1-TVD) | tau | c | target tok/s | spec tok/s | "
-             "speedup | bound | speedup/bound |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['draft']} | {r['engine']} | {r['temperature']} | {r['gamma']} | failed: "
-                         f"{r['error']} |||||||||")
-            continue
-        per_tok = (f"{r['verified_acceptance_rate']:.3f} ({r['analytic_acceptance']:.3f})"
-                   if "verified_acceptance_rate" in r else "-")
-        bound = r.get("leviathan_bound")
+             f"{meta['prompts']} {what}, batch size 1, float32, {passes} timed passes after a warm-up; run took "
+             f"{meta['minutes']:.0f} min ({meta['date']})"
+             + (f"; rows measured at commits {', '.join(commits)}" if len(commits) > 1 else "") + ".", "",
+             "## seqkd's exact decoder", "",
+             "Target-only and speculative decoding interleaved prompt by prompt; rates and speedup are median "
+             "(min–max) over the passes. Metrics as their anchors define them (`seqkd.speculative.metrics`): "
+             "acceptance = accepted / drafted (vLLM's acceptance rate); per-token α = accepted / verified positions "
+             "(1 − TVD beside it); τ = emitted tokens per target call; c = one draft step / one target-only step "
+             "(Leviathan et al.); v = one verification call / one target-only step; predicted = τ / (γc + v); "
+             "bound = Leviathan et al.'s (verification counted as one target step).", "",
+             "| draft | T | γ | acceptance | per-token α (1−TVD) | τ | c | v | target-only tok/s | speculative tok/s | "
+             "speedup | predicted | bound | speedup / bound |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in (r for r in rows if r["engine"] == "seqkd"):
+        tps, bound = r.get("tokens_per_s", {}), r.get("leviathan_bound")
         lines.append(
-            f"| {r['draft']} | {r['engine']} | {r['temperature']:g} | {r['gamma']} | {r['acceptance_rate']:.3f} | "
-            f"{per_tok} | {r['block_efficiency']:.2f} | {r.get('cost_ratio', 0):.3f} | "
-            f"{r['target_only_tokens_per_s']:.0f} | {r['speculative_tokens_per_s']:.0f} | **{r['speedup']:.2f}x** | "
+            f"| {r['draft']} | {r['temperature']:g} | {r['gamma']} | {r['acceptance_rate']:.3f} | "
+            f"{r['verified_acceptance_rate']:.3f} ({r['analytic_acceptance']:.3f}) | {r['block_efficiency']:.2f} | "
+            f"{r['cost_ratio']:.3f} | {r.get('verification_cost', 0):.2f} | "
+            f"{_pm(tps.get('seqkd_target_only'), '.0f')} | {_pm(tps.get('seqkd_speculative'), '.0f')} | "
+            f"**{_pm(r.get('speedup_spread'))}x** | {r.get('predicted_speedup', 0):.2f}x | "
             + (f"{bound:.2f}x | {r['speedup'] / bound:.0%} |" if bound else "- | - |"))
+    cmp_rows = [r for r in rows if r["engine"] == "seqkd" and r.get("comparison")]
+    if cmp_rows:
+        lines += ["", f"## One baseline: HF `generate` (γ = {cmp_rows[0]['gamma']})", "",
+                  "seqkd's target-only and speculative decoding, HF `generate` and HF assisted generation (the same "
+                  "draft as `assistant_model`, the same γ as `num_assistant_tokens`, constant schedule) on every "
+                  "prompt, interleaved; tokens/s median (min–max) over the passes; the last column is seqkd's "
+                  "speculative rate over HF assisted generation's, pass by pass.", "",
+                  "| draft | T | HF generate | seqkd target-only | seqkd speculative | HF assisted | "
+                  "seqkd spec / HF assisted |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in cmp_rows:
+            t = r["comparison"]["tokens_per_s"]
+            ratio = [a / b for a, b in zip(t["seqkd_speculative"]["per_pass"], t["hf_assisted"]["per_pass"])]
+            lines.append(f"| {r['draft']} | {r['temperature']:g} | {_pm(t['hf_generate'], '.0f')} | "
+                         f"{_pm(t['seqkd_target_only'], '.0f')} | {_pm(t['seqkd_speculative'], '.0f')} | "
+                         f"{_pm(t['hf_assisted'], '.0f')} | **{common.fmt_summary(common.summary(ratio))}x** |")
+    others = [r for r in rows if r["engine"] != "seqkd"]
+    if others:
+        lines += ["", "## Other engines, each against its own target-only decoding", "",
+                  "HF: assisted generation vs `generate`, interleaved prompt by prompt. vLLM: draft-model speculation "
+                  "vs the target alone, each in its own engine (they cannot share a process), passes not interleaved; "
+                  "its speedup range pairs every pass of one with every pass of the other. Counts: HF's from forward "
+                  "calls, vLLM's from its own counters (warm-up excluded); seqkd's on the same prompts beside them.",
+                  "", "| draft | engine | T | γ | acceptance | τ | drafted / accepted / target calls | seqkd: drafted "
+                  "/ accepted | target-only tok/s | speculative tok/s | speedup |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in others:
+            if "error" in r:
+                lines.append(f"| {r['draft']} | {r['engine']} | {r['temperature']:g} | {r['gamma']} | failed: "
+                             f"{r['error']} |||||||")
+                continue
+            mine = next((x for x in rows if x["engine"] == "seqkd" and x["draft"] == r["draft"]
+                         and x["gamma"] == r["gamma"] and x["temperature"] == r["temperature"]), None)
+            lines.append(
+                f"| {r['draft']} | {r['engine']} | {r['temperature']:g} | {r['gamma']} | {r['acceptance_rate']:.3f} | "
+                f"{r['block_efficiency']:.2f} | {r['drafted']} / {r['accepted']} / {r['target_calls']} | "
+                + (f"{mine['drafted']} / {mine['accepted']}" if mine else "-")
+                + f" | {r['target_only_tokens_per_s']:.0f} | {r['speculative_tokens_per_s']:.0f} | "
+                f"**{_pm(r.get('speedup_spread')) if r.get('speedup_spread') else format(r['speedup'], '.2f')}x** |")
     common.write_results(name, {**(data or {}), "meta": meta, "rows": rows}, "\n".join(lines),
                          plot=lambda path: plot(rows, path))
 

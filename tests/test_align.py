@@ -56,9 +56,13 @@ def test_speculate_hf_engine_counts_acceptance(tiny_lm_model, prompt_files, tmp_
     out = tmp_path / "r.json"
     assert main(["speculate", "--target", str(tiny_lm_model), "--draft", str(tiny_lm_model), "--input",
                  str(prompt_files[1]), "--engine", "hf", "--gamma", "3", "--max-new-tokens", "20", "--limit", "8",
-                 "--out", str(out)]) == 0
+                 "--passes", "2", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["acceptance_rate"] > 0.9 and r["block_efficiency"] > 2.0
+    # counts come from one pass (both decode the same tokens), rates from each: median within min-max
+    assert r["generated"] <= 8 * 20 and r["accepted"] == r["generated"] - r["target_calls"]
+    assert r["passes"] == 2 and len(r["tokens_per_s"]["hf_assisted"]["per_pass"]) == 2
+    assert r["speedup_spread"]["min"] <= r["speedup"] <= r["speedup_spread"]["max"]
 
 
 def test_speculate_refuses_a_draft_with_another_vocabulary(tiny_lm_model, draft_dir, prompt_files, tmp_path, capsys):

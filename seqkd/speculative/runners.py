@@ -229,21 +229,28 @@ def _run_hf(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], pr
     for ids in prompts[: cfg.warmup]:
         run(ids, False, cfg.seed)
         run(ids, True, cfg.seed)
-    base_tok = spec_tok = 0
-    base_s = spec_s = 0.0
+    base_rates, spec_rates, speedups = [], [], []
     tc, dc = _CallCounter(target), _CallCounter(draft)
-    drafted = target_calls = 0
+    drafted = target_calls = spec_tok = 0  # counted on the first pass (every pass decodes the same tokens)
     try:
-        with _bar(len(prompts), progress, "speculate (hf)") as bar:
-            for i, ids in enumerate(prompts):
-                n, dt = run(ids, False, cfg.seed + i)
-                base_tok, base_s = base_tok + n, base_s + dt
-                tc.calls = dc.calls = 0
-                n, dt = run(ids, True, cfg.seed + i)
-                spec_tok, spec_s = spec_tok + n, spec_s + dt
-                target_calls += tc.calls
-                drafted += dc.calls
-                bar.update()
+        with _bar(len(prompts) * cfg.passes, progress, "speculate (hf)") as bar:
+            for p in range(cfg.passes):
+                base_tok = pass_tok = 0
+                base_s = spec_s = 0.0
+                for i, ids in enumerate(prompts):
+                    n, dt = run(ids, False, cfg.seed + i)
+                    base_tok, base_s = base_tok + n, base_s + dt
+                    tc.calls = dc.calls = 0
+                    n, dt = run(ids, True, cfg.seed + i)
+                    pass_tok, spec_s = pass_tok + n, spec_s + dt
+                    if p == 0:
+                        target_calls += tc.calls
+                        drafted += dc.calls
+                    bar.update()
+                spec_tok = spec_tok or pass_tok
+                base_rates.append(base_tok / base_s if base_s else 0.0)
+                spec_rates.append(pass_tok / spec_s if spec_s else 0.0)
+                speedups.append(spec_rates[-1] / base_rates[-1] if base_rates[-1] else 0.0)
     finally:
         tc.remove()
         dc.remove()
@@ -252,8 +259,9 @@ def _run_hf(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], pr
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "block_efficiency": spec_tok / target_calls if target_calls else 0.0,
         "target_calls": target_calls, "drafted": drafted, "accepted": accepted, "generated": spec_tok,
-        "target_only_tokens_per_s": base_tok / base_s if base_s else 0.0,
-        "speculative_tokens_per_s": spec_tok / spec_s if spec_s else 0.0,
-        "speedup": (spec_tok / spec_s) / (base_tok / base_s) if spec_s and base_s and base_tok else 0.0,
+        "target_only_tokens_per_s": statistics.median(base_rates),
+        "speculative_tokens_per_s": statistics.median(spec_rates),
+        "speedup": statistics.median(speedups), "speedup_spread": spread(speedups), "passes": cfg.passes,
+        "tokens_per_s": {"hf_generate": spread(base_rates), "hf_assisted": spread(spec_rates)},
         "counted_from": "forward calls (accepted = generated - target calls; drafted = draft calls)",
     }

@@ -442,8 +442,11 @@ def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> 
         lines += ["", "## Other engines, each against its own target-only decoding", "",
                   "HF: assisted generation vs `generate`, interleaved prompt by prompt. vLLM: draft-model speculation "
                   "vs the target alone, each in its own engine (they cannot share a process), passes not interleaved; "
-                  "its speedup range pairs every pass of one with every pass of the other. Counts: HF's from forward "
-                  "calls, vLLM's from its own counters (warm-up excluded); seqkd's on the same prompts beside them.",
+                  "its speedup range pairs every pass of one with every pass of the other. Counts per pass: HF's "
+                  "from forward calls (accepted = generated − target calls, which misses the accepted tokens of a "
+                  "block that ends in an accepted eos, where no bonus token follows), vLLM's from its own counters "
+                  "(warm-up excluded; it drafts γ tokens also past eos and the length limit); seqkd's on the same "
+                  "prompts beside them.",
                   "", "| draft | engine | T | γ | acceptance | τ | drafted / accepted / target calls | seqkd: drafted "
                   "/ accepted | target-only tok/s | speculative tok/s | speedup |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -454,9 +457,12 @@ def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> 
                 continue
             mine = next((x for x in rows if x["engine"] == "seqkd" and x["draft"] == r["draft"]
                          and x["gamma"] == r["gamma"] and x["temperature"] == r["temperature"]), None)
+            # vLLM's counters add up over its timed passes (each decodes the same tokens): shown per pass
+            per = r.get("passes", 1) if r["engine"] == "vllm" else 1
+            counts = " / ".join(f"{r[k] / per:.0f}" for k in ("drafted", "accepted", "target_calls"))
             lines.append(
                 f"| {r['draft']} | {r['engine']} | {r['temperature']:g} | {r['gamma']} | {r['acceptance_rate']:.3f} | "
-                f"{r['block_efficiency']:.2f} | {r['drafted']} / {r['accepted']} / {r['target_calls']} | "
+                f"{r['block_efficiency']:.2f} | {counts} | "
                 + (f"{mine['drafted']} / {mine['accepted']}" if mine else "-")
                 + f" | {r['target_only_tokens_per_s']:.0f} | {r['speculative_tokens_per_s']:.0f} | "
                 f"**{_pm(r.get('speedup_spread')) if r.get('speedup_spread') else format(r['speedup'], '.2f')}x** |")

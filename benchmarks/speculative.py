@@ -207,7 +207,25 @@ def smollm2_pair(a) -> tuple[Path, dict[str, Path], dict]:
                               device=a.device, **fields))
         drafts[name] = d
     return test_file, drafts, {"corpus_minutes": t_corpus / 60, "draft_train_minutes": t_train / 60,
-                               "align_minutes": (time.perf_counter() - t0 - t_corpus - t_train) / 60}
+                               "align_minutes": (time.perf_counter() - t0 - t_corpus - t_train) / 60,
+                               "artifacts": smollm2_artifacts(corpus, draft)}
+
+
+def smollm2_artifacts(corpus: Path, draft: Path) -> dict:
+    """What pair 2's target corpus and draft are, as the README quotes them (kept with the results)."""
+    from seqkd.models import count_parameters, load_model
+    from seqkd.teacher.corpus import read_manifest
+
+    merged = read_manifest(corpus).get("merged", {})
+    summary = json.loads((draft / "train_summary.json").read_text())
+    model = load_model(str(draft))
+    embedding = model.get_input_embeddings().weight.numel()
+    return {"corpus": {"examples": merged.get("examples"), "target_tokens": merged.get("tokens"),
+                       "engine": "vllm", "mode": "greedy"},
+            "draft": {"preset": "llama-student", "params": count_parameters(model), "embedding_params": embedding,
+                      "steps": summary.get("steps"), "train_minutes": summary.get("seconds", 0) / 60,
+                      "train_tokens_per_s": summary.get("train_tokens_per_s"),
+                      "last_eval_loss": (summary.get("evaluations") or [{}])[-1].get("eval_loss")}}
 
 
 def measure(draft: Path, prompts_file: Path, a, gamma: int, temperature: float, engine: str = "seqkd") -> dict:

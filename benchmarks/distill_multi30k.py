@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--train-limit", type=int, default=None, help="first N training pairs only (quick checks)")
     p.add_argument("--retrain", action="store_true", help="retrain students that already exist")
     p.add_argument("--note", default="")
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite the Markdown and JSON from the JSON (paths made portable), measuring nothing")
     return p.parse_args(argv)
 
 
@@ -124,6 +126,9 @@ def main(argv=None) -> None:
     from seqkd.models import count_parameters, load_model
 
     args = parse_args(argv)
+    if args.render_only:
+        render_only(args)
+        return
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     tests = [tuple(t) for t in args.test] if args.test else [tuple(map(str, parallel_files("multi30k:de-en",
@@ -151,6 +156,18 @@ def main(argv=None) -> None:
         }
         write(result, args, time.perf_counter() - t0)
     write(result, args, time.perf_counter() - t0)
+
+
+def render_only(args) -> None:
+    """Results written before paths were made portable: the same numbers, every path through common.rel."""
+    result = json.loads((Path(args.results) / f"{args.name}.json").read_text())
+    result["tests"] = [[common.rel(f) for f in t] for t in result["tests"]]
+    result["settings"] = common.rel_args(result["settings"])
+    result.setdefault("run", {**common.run_info(), "note": "re-rendered from the JSON (--render-only); the "
+                              "measurements are the earlier run's (its commit was not recorded)"})
+    result.setdefault("environment", None)  # the measuring machine's details were not recorded (see the title)
+    saved = argparse.Namespace(**{**result["settings"], "results": args.results})
+    write(result, saved, result["total_minutes"] * 60)
 
 
 def write(result: dict, args, seconds: float) -> None:

@@ -35,7 +35,8 @@ def test_vllm_acceptance_agrees_with_seqkd_for_greedy(tiny_lm_model, tmp_path):
     out = tmp_path / "vllm.json"
     r = subprocess.run([sys.executable, "-m", "seqkd", "speculate", "--target", str(tiny_lm_model), "--draft",
                         str(draft), "--input", str(prompts), "--engine", "vllm", "--gamma", "3", "--temperature", "0",
-                        "--max-new-tokens", "24", "--passes", "2", "--out", str(out)], capture_output=True, text=True, timeout=900)
+                        "--max-new-tokens", "24", "--passes", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     v = json.loads(out.read_text())
     ours = speculate(SpeculateConfig(target=str(tiny_lm_model), draft=str(draft), input=str(prompts), gamma=3,

@@ -436,9 +436,11 @@ def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> 
         lines.append(
             f"| {r['draft']} | {r['temperature']:g} | {r['gamma']} | {r['acceptance_rate']:.3f} | "
             f"{r['verified_acceptance_rate']:.3f} ({r['analytic_acceptance']:.3f}) | {r['block_efficiency']:.2f} | "
-            f"{r['cost_ratio']:.3f} | {r.get('verification_cost', 0):.2f} | "
+            f"{r['cost_ratio']:.3f} | " + (f"{r['verification_cost']:.2f}" if r.get("verification_cost") else "-")
+            + " | "
             f"{_pm(tps.get('seqkd_target_only'), '.0f')} | {_pm(tps.get('seqkd_speculative'), '.0f')} | "
-            f"**{_pm(r.get('speedup_spread'))}x** | {r.get('predicted_speedup', 0):.2f}x | "
+            f"**{_pm(r.get('speedup_spread'))}x** | "
+            + (f"{r['predicted_speedup']:.2f}x | " if r.get("predicted_speedup") else "- | ")
             + (f"{bound:.2f}x | {r['speedup'] / bound:.0%} |" if bound else "- | - |"))
     cmp_rows = [r for r in rows if r["engine"] == "seqkd" and r.get("comparison")]
     if cmp_rows:

@@ -76,7 +76,7 @@ def vllm_speculate(cfg, texts: list[str]) -> dict[str, Any]:
                 # a sampled draft with its probabilities in the ratio test (vLLM's default drafts greedily)
                 "draft_sample_method": "probabilistic" if cfg.temperature > 0 else "greedy"}
     runs: dict[str, Any] = {}
-    passes = getattr(cfg, "passes", 1)
+    passes = cfg.passes
     for name, extra in (("speculative", {"speculative_config": spec_cfg}), ("target_only", {})):
         engine = VLLMEngine(cfg.target, dtype=cfg.dtype, enforce_eager=True, prompt_format=cfg.prompt_format,
                             engine_args=extra)

@@ -408,8 +408,10 @@ def _brief(r: dict) -> dict:
     return {k: r.get(k) for k in ("acceptance_rate", "block_efficiency", "speedup")}
 
 
-def _pm(sp: dict | None, f: str = ".2f") -> str:
-    """median (min-max) of a spread, or '-'."""
+def _pm(sp: dict | float | None, f: str = ".2f") -> str:
+    """median (min-max) of a spread; a single value (rows measured in one pass) as it is; or '-'."""
+    if isinstance(sp, (int, float)):
+        return format(sp, f)
     return common.fmt_summary({**sp, "n": len(sp.get("per_pass", [0, 0]))}, f) if sp else "-"
 
 
@@ -432,14 +434,17 @@ def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> 
              "speedup | predicted | bound | speedup / bound |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in (r for r in rows if r["engine"] == "seqkd"):
-        tps, bound = r.get("tokens_per_s", {}), r.get("leviathan_bound")
+        tps, bound = r.get("tokens_per_s"), r.get("leviathan_bound")
+        if not isinstance(tps, dict):  # one-pass rows: the two rates only
+            tps = {"seqkd_target_only": r["target_only_tokens_per_s"],
+                   "seqkd_speculative": r["speculative_tokens_per_s"]}
         lines.append(
             f"| {r['draft']} | {r['temperature']:g} | {r['gamma']} | {r['acceptance_rate']:.3f} | "
             f"{r['verified_acceptance_rate']:.3f} ({r['analytic_acceptance']:.3f}) | {r['block_efficiency']:.2f} | "
             f"{r['cost_ratio']:.3f} | " + (f"{r['verification_cost']:.2f}" if r.get("verification_cost") else "-")
             + " | "
             f"{_pm(tps.get('seqkd_target_only'), '.0f')} | {_pm(tps.get('seqkd_speculative'), '.0f')} | "
-            f"**{_pm(r.get('speedup_spread'))}x** | "
+            f"**{_pm(r.get('speedup_spread') or r['speedup'])}x** | "
             + (f"{r['predicted_speedup']:.2f}x | " if r.get("predicted_speedup") else "- | ")
             + (f"{bound:.2f}x | {r['speedup'] / bound:.0%} |" if bound else "- | - |"))
     cmp_rows = [r for r in rows if r["engine"] == "seqkd" and r.get("comparison")]

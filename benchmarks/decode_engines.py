@@ -223,12 +223,8 @@ def write_results(results: list[dict], meta: dict) -> Path:
 
 
 def plot(results: list[dict], meta: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels, vals = [], []

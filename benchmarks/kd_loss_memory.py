@@ -306,13 +306,8 @@ def _label(row: dict) -> str:
 
 
 def plot(path: Path, result: dict) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    plt = common.pyplot()
+    if plt is None:
         return False
     divs = list(dict.fromkeys(r["divergence"] for r in result["rows"]))
     labels = list(dict.fromkeys(_label(r) for r in result["rows"]))

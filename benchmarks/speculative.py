@@ -21,7 +21,7 @@ measured c, tokens/s, speedup, Leviathan bound). For the unaligned and the TVD-a
 the same pair in HF assisted generation and in vLLM (greedy; vLLM in a subprocess).
 
     python benchmarks/speculative.py                       # pair 1, what the README reports
-    python benchmarks/speculative.py --pair smollm2 --prompts 12    # pair 2, what the README reports
+    python benchmarks/speculative.py --pair smollm2 --prompts 8     # pair 2, what the README reports
     python benchmarks/speculative.py --prompts 20 --gammas 4 --temperatures 0   # a quick look
 
 Models are cached in ``data/models/spec/``; writes benchmarks/results/speculative[_smollm2].{json,md,png}.
@@ -501,12 +501,8 @@ def write(rows: list[dict], meta: dict, name: str, data: dict | None = None) -> 
 
 
 def plot(rows: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return False
     seq = [r for r in rows if r["engine"] == "seqkd"]
     temps = sorted({r["temperature"] for r in seq})

@@ -94,37 +94,41 @@ def cmd_train(a: C.TrainConfig, argv) -> None:
           + (f"; best validation {best:.2f}" if best is not None else ""))
 
 
-def _load_for_decoding(model_dir: str):
-    from seqkd.models import load_model
-    from seqkd.models.tokenizer import load_tokenizers
+def _translator(model_dir: str, d: C.TranslateSettings):
+    """The model, ready to decode in the chosen engine; a wrong engine for the directory is a one-line error before
+    anything is loaded."""
+    from seqkd.deploy.ct2 import is_ct2_export
+    from seqkd.evaluate import load_translator
 
-    return load_model(model_dir), *load_tokenizers(model_dir)
+    if d.engine == "ct2" and not is_ct2_export(model_dir):
+        raise SeqkdError(f"{model_dir} is not a CTranslate2 export; make one with: "
+                         f"seqkd export --model {model_dir} --out DIR, then --engine ct2 --model DIR")
+    return load_translator(model_dir, engine=d.engine, threads=d.threads)
 
 
 def cmd_translate(a: C.TranslateConfig, d: C.TranslateSettings, argv) -> None:
     from seqkd.data.files import read_lines, write_lines
-    from seqkd.evaluate import timed_translate
+    from seqkd.evaluate import timed
     from seqkd.io import check_writable
 
     lines, _ = read_lines(a.input, keep_empty=True)  # an empty line translates to an empty line
     check_writable(a.output)
-    model, src_tok, tgt_tok = _load_for_decoding(a.model)
-    hyps, speed = timed_translate(model, src_tok, tgt_tok, lines, progress=True, **d.decode_kwargs())
+    translator = _translator(a.model, d)
+    hyps, speed = timed(translator, lines, progress=True, **d.decode_kwargs())
     write_lines(a.output, hyps)
-    print(f"{speed.sentences} sentences -> {a.output} in {speed.seconds:.1f}s "
-          f"({speed.sentences_per_s:.1f} sent/s, {speed.words_per_s:.0f} words/s)", file=sys.stderr)
+    print(f"{speed.sentences} sentences -> {a.output}: {speed}", file=sys.stderr)
 
 
 def cmd_eval(a: C.EvalConfig, d: C.TranslateSettings, argv) -> None:
     from seqkd.data.files import read_lines, write_lines
-    from seqkd.evaluate import score, timed_translate
+    from seqkd.evaluate import score, timed
 
     refs = read_lines(a.ref, keep_empty=True)[0]
     result: dict = {}
     if a.model:
         srcs = read_lines(a.src, keep_empty=True)[0]
-        model, src_tok, tgt_tok = _load_for_decoding(a.model)
-        hyps, speed = timed_translate(model, src_tok, tgt_tok, srcs, progress=True, **d.decode_kwargs())
+        translator = _translator(a.model, d)
+        hyps, speed = timed(translator, srcs, progress=True, **d.decode_kwargs())
         result["speed"] = speed.as_dict()
         if a.hyp:
             write_lines(a.hyp, hyps)
@@ -136,10 +140,15 @@ def cmd_eval(a: C.EvalConfig, d: C.TranslateSettings, argv) -> None:
         print(json.dumps(result, indent=1))
         return
     print(scores)
-    if "speed" in result:
-        s = result["speed"]
-        print(f"speed: {s['sentences_per_s']:.1f} sentences/s, {s['words_per_s']:.0f} words/s "
-              f"({s['sentences']} sentences in {s['seconds']:.1f}s)")
+    if a.model:
+        print(f"speed: {speed}")
+
+
+def cmd_export(a: C.ExportConfig, argv) -> None:
+    from seqkd.deploy.ct2 import export_ctranslate2
+
+    out = export_ctranslate2(a.model, a.out, quantization=a.quantization, force=a.force)
+    print(f"exported {a.model} -> {out} (CTranslate2, {a.quantization}); decode it with --engine ct2 --model {out}")
 
 
 def _read_examples(a: C.GenerateConfig):
@@ -313,6 +322,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, tuple[type, ...], Callable]] = [
      cmd_translate),
     (("eval",), "BLEU/chrF (sacrebleu) of hypotheses, or of a model's translations + speed",
      (C.EvalConfig, C.TranslateSettings), cmd_eval),
+    (("export",), "export a trained model to CTranslate2 (float32 or int8) for fast CPU decoding (--engine ct2)",
+     (C.ExportConfig,), cmd_export),
     (("generate",), "a teacher decodes a corpus into a distillation corpus (resumable, shardable)",
      (C.GenerateConfig, C.DecodeSettings), cmd_generate),
     (("merge",), "check that every shard of a corpus is complete and write corpus.jsonl", (C.MergeConfig,),

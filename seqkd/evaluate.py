@@ -49,6 +49,10 @@ class Speed:
     seconds: float
     sentences: int
     words: int  # whitespace-separated words of the output
+    engine: str = "hf"  # what decoded: hf (PyTorch generate) or ct2 (CTranslate2)
+    batch_size: int | None = None
+    beam_size: int | None = None
+    threads: int | None = None  # CPU threads the engine computed with
 
     @property
     def sentences_per_s(self) -> float:
@@ -61,12 +65,65 @@ class Speed:
     def as_dict(self) -> dict:
         return {**asdict(self), "sentences_per_s": self.sentences_per_s, "words_per_s": self.words_per_s}
 
+    def __str__(self) -> str:
+        """The rate with what it was measured with: a words/s figure means nothing without them."""
+        return (f"{self.words_per_s:.0f} words/s, {self.sentences_per_s:.1f} sentences/s ({self.sentences} sentences "
+                f"in {self.seconds:.1f}s; engine {self.engine}, batch {self.batch_size}, beam {self.beam_size}, "
+                f"{self.threads} threads)")
+
+
+class HFTranslator:
+    """A model and its tokenizers, decoding with HF ``generate`` (:func:`seqkd.teacher.decoding.translate`)."""
+
+    engine = "hf"
+
+    def __init__(self, model, src_tok, tgt_tok):
+        self.model, self.src_tok, self.tgt_tok = model, src_tok, tgt_tok
+
+    @property
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    def translate(self, sources: Sequence[str], **kw) -> list[str] | list[list[str]]:
+        from seqkd.teacher.decoding import translate
+
+        return translate(self.model, self.src_tok, self.tgt_tok, sources, **kw)
+
+
+def load_translator(model_dir: str, *, engine: str = "hf", threads: int = 0):
+    """A model directory ready to translate in ``engine``: ``hf`` (a saved HF model, PyTorch) or ``ct2`` (a
+    CTranslate2 export, :mod:`seqkd.deploy.ct2`). ``threads`` > 0 sets the engine's CPU threads."""
+    from seqkd.deploy.ct2 import CT2Translator, is_ct2_export
+
+    if engine == "ct2":
+        return CT2Translator(model_dir, threads=threads)
+    if engine != "hf":
+        raise SeqkdError(f"--engine must be hf or ct2, got {engine!r}")
+    if is_ct2_export(model_dir):
+        raise SeqkdError(f"{model_dir} is a CTranslate2 export: decode it with --engine ct2")
+    import torch
+
+    from seqkd.models import load_model
+    from seqkd.models.tokenizer import load_tokenizers
+
+    if threads:
+        torch.set_num_threads(threads)
+    return HFTranslator(load_model(model_dir), *load_tokenizers(model_dir))
+
+
+def timed(translator, sources: Sequence[str], **kw) -> tuple[list[str], Speed]:
+    """Translate with a translator (:func:`load_translator`) and time it (wall clock, the whole batch loop); words
+    are counted on the output side."""
+    t0 = time.perf_counter()
+    hyps = translator.translate(sources, **kw)
+    dt = time.perf_counter() - t0
+    return hyps, Speed(dt, len(hyps), sum(len(h.split()) for h in hyps), engine=translator.engine,
+                       batch_size=kw.get("batch_size", 64), beam_size=kw.get("beam_size", 1),
+                       threads=translator.threads)
+
 
 def timed_translate(model, src_tok, tgt_tok, sources: Sequence[str], **kw) -> tuple[list[str], Speed]:
-    """Translate and time it (wall clock, whole batch loop); words counted on the output side."""
-    from seqkd.teacher.decoding import translate
-
-    t0 = time.perf_counter()
-    hyps = translate(model, src_tok, tgt_tok, sources, **kw)
-    dt = time.perf_counter() - t0
-    return hyps, Speed(dt, len(hyps), sum(len(h.split()) for h in hyps))
+    """:func:`timed` for a model in memory, decoded with HF ``generate``."""
+    return timed(HFTranslator(model, src_tok, tgt_tok), sources, **kw)

@@ -21,6 +21,7 @@ from seqkd.models import (
     PRESETS,
     build_model,
     convert_gguf,
+    count_non_embedding,
     count_parameters,
     describe,
     family,
@@ -30,16 +31,19 @@ from seqkd.models import (
 )
 
 # Trainable parameters at a joint vocabulary of 8,000 (tied embeddings once, frozen sinusoids excluded).
-PINNED_8000 = {
-    "llama-tiny": 594_240,
-    "llama-tiny-student": 553_152,
-    "llama-student": 4_146_432,
-    "llama-draft": 3_097_344,
-    "llama-teacher": 8_342_784,
-    "marian-tiny": 679_424,
-    "marian-tiny-student": 629_184,
-    "marian-student": 5_470_720,
-    "marian-teacher": 7_577_600,
+PINNED_8000 = {  # (all parameters, parameters outside the token embeddings and output projection)
+    "llama-tiny": (594_240, 82_240),
+    "llama-tiny-student": (553_152, 41_152),
+    "llama-student": (4_146_432, 2_098_432),
+    "llama-student-small": (1_811_328, 787_328),
+    "llama-draft": (3_097_344, 1_049_344),
+    "llama-teacher": (8_342_784, 6_294_784),
+    "marian-tiny": (679_424, 167_424),
+    "marian-tiny-student": (629_184, 117_184),
+    "marian-student": (5_470_720, 3_422_720),
+    "marian-student-small": (2_081_664, 1_057_664),
+    "marian-teacher": (7_577_600, 5_529_600),
+    "marian-teacher-large": (48_234_496, 44_138_496),
 }
 
 
@@ -70,13 +74,31 @@ def test_preset_family_and_pinned_parameter_count(preset):
         model = build_model(preset, vocab_size=8000)
     assert family(model) == ("seq2seq" if preset.startswith("marian") else "causal")
     assert family(model.config) == family(model)
-    assert count_parameters(model) == PINNED_8000[preset]
-    assert f"{PINNED_8000[preset] / 1e6:.2f}M params" in describe(model)
+    total, non_embedding = PINNED_8000[preset]
+    assert (count_parameters(model), count_non_embedding(model)) == (total, non_embedding)
+    assert f"{total / 1e6:.2f}M params ({non_embedding / 1e6:.2f}M outside the embeddings)" in describe(model)
 
 
 def test_presets_cover_the_agreed_names():
-    sizes = ("tiny", "tiny-student", "student", "teacher")
-    assert set(PRESETS) == {f"{a}-{s}" for a in ("llama", "marian") for s in sizes} | {"llama-draft"}
+    sizes = ("tiny", "tiny-student", "student", "student-small", "teacher")
+    assert set(PRESETS) == {f"{a}-{s}" for a in ("llama", "marian") for s in sizes} | {"llama-draft",
+                                                                                         "marian-teacher-large"}
+
+
+@pytest.mark.parametrize("student, teacher", [("marian-student-small", "marian-teacher"),
+                                              ("llama-student-small", "llama-teacher"),
+                                              ("marian-student", "marian-teacher-large")])
+def test_small_students_have_at_least_4x_fewer_non_embedding_parameters(student, teacher):
+    assert PINNED_8000[teacher][1] >= 4 * PINNED_8000[student][1]
+
+
+def test_non_embedding_count_leaves_out_separate_vocabularies():
+    """Source and target embeddings of any size, tied or not, are left out; every other weight counts once."""
+    joint = build_model("marian-tiny", vocab_size=50)
+    separate = build_model("marian-tiny", vocab_size=50, decoder_vocab_size=70)
+    assert count_non_embedding(separate) == count_non_embedding(joint) == PINNED_8000["marian-tiny"][1]
+    lm = build_model("llama-tiny", vocab_size=50, tie_word_embeddings=False)  # untied: two matrices left out
+    assert count_non_embedding(lm) == PINNED_8000["llama-tiny"][1] == count_parameters(lm) - 2 * 50 * 64
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "marian-tiny"])
@@ -190,6 +212,17 @@ def test_loaded_generation_config_has_special_ids(preset, tmp_path):
         # generate() really starts from pad, and stops at eos or the limit
         out = load_model(tmp_path).generate(IDS[:1], max_new_tokens=4, do_sample=False)
         assert out[0, 0].item() == 1 and out.shape[1] <= 5
+
+
+def test_loaded_marian_keeps_its_position_tables_frozen(tmp_path):
+    """from_pretrained makes the sinusoidal tables trainable again; a loaded model must train and count what the
+    built one does."""
+    built = build_model("marian-tiny", vocab_size=50)
+    save_model(built, None, tmp_path)
+    loaded = load_model(tmp_path)
+    frozen = [n for n, p in loaded.named_parameters() if not p.requires_grad]
+    assert frozen == ["model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight"]
+    assert count_parameters(loaded) == count_parameters(built) == 170_624
 
 
 def test_save_model_writes_separate_source_tokenizer(tmp_path):

@@ -112,7 +112,17 @@ def load_model(
     if missing:  # transformers would silently initialise them at random
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise SeqkdError(f"{len(missing)} weight(s) missing from the checkpoint in {where}: {shown}")
+    _freeze_sinusoids(model)
     return model.to(device).eval()
+
+
+def _freeze_sinusoids(model) -> None:
+    """Marian's sinusoidal position tables are fixed (built frozen), but ``from_pretrained`` hands them back as
+    trainable parameters (transformers 5.19): a loaded model would then train them (``seqkd align``,
+    ``--init-from-teacher``) and count 0.13M more parameters than the same model built. Freeze them again."""
+    for name, module in model.named_modules():
+        if type(module).__name__.endswith("SinusoidalPositionalEmbedding"):
+            module.weight.requires_grad_(False)
 
 
 def _gguf_config(name: str, gguf_file: str, trust_remote_code: bool):

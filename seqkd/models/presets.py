@@ -67,6 +67,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_key_value_heads": 4,
         "intermediate_size": 1024,
     },
+    # llama-student-small: 3 layers of d 128 (1.8M params, 0.79M outside the embedding: the teacher's 6.3M / 8)
+    "llama-student-small": {
+        **_LLAMA_COMMON,
+        "hidden_size": 128,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 512,
+    },
     # llama-draft: 1 layer of d 256 (3.1M params at 8k vocabulary): a speculative-decoding draft for llama-teacher
     "llama-draft": {
         **_LLAMA_COMMON,
@@ -84,6 +93,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
         "intermediate_size": 1024,
+    },
+    # marian-teacher-large: 6+6 layers x d 512 (transformer-base's shape; 48.2M params, 44.1M outside
+    # the embedding): a stronger teacher, trained
+    # where a GPU is at hand
+    "marian-teacher-large": {
+        **_MARIAN_COMMON,
+        "d_model": 512,
+        "encoder_layers": 6,
+        "decoder_layers": 6,
+        "encoder_attention_heads": 8,
+        "decoder_attention_heads": 8,
+        "encoder_ffn_dim": 2048,
+        "decoder_ffn_dim": 2048,
+        "dropout": 0.1,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
     },
     # marian-tiny: 0.68M params
     "marian-tiny": {
@@ -127,7 +152,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention_dropout": 0.0,
         "activation_dropout": 0.0,
     },
-    # marian-teacher: 7.6M params
+    # marian-student-small: 2.1M params, 1.06M of them outside the embedding (the teacher's 5.5M / 5.2): a CPU
+    # student shaped as shipped MT students are (deep encoder, one decoder layer, narrow): the decoder runs once per
+    # output token, the encoder once per sentence
+    "marian-student-small": {
+        **_MARIAN_COMMON,
+        "d_model": 128,
+        "encoder_layers": 4,
+        "decoder_layers": 1,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 512,
+        "decoder_ffn_dim": 512,
+        "dropout": 0.1,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+    },
+    # marian-teacher: 7.6M params (5.5M outside the embedding)
     "marian-teacher": {
         **_MARIAN_COMMON,
         "d_model": 256,
@@ -227,6 +268,15 @@ def count_parameters(model, *, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def count_non_embedding(model) -> int:
+    """Trainable parameters outside the token embeddings and the output projection (the size that decides compute
+    per token, and what "N x smaller student" compares; each tensor counted once, tied or not)."""
+    emb = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    if family(model) == "seq2seq":  # Marian with separate vocabularies: the decoder's own embedding
+        emb.add(id(model.get_decoder().embed_tokens.weight))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in emb)
+
+
 def describe(model) -> str:
     """One line: family, architecture, layers, width, heads, vocabulary and parameter count."""
     c = model.config
@@ -242,7 +292,8 @@ def describe(model) -> str:
         ffn, vocab = getattr(c, "intermediate_size", "?"), str(c.vocab_size)
     return (
         f"{family(model)} {type(model).__name__}: layers {layers}, d {d}, heads {heads}, ffn {ffn}, "
-        f"vocab {vocab}, {count_parameters(model) / 1e6:.2f}M params"
+        f"vocab {vocab}, {count_parameters(model) / 1e6:.2f}M params ({count_non_embedding(model) / 1e6:.2f}M "
+        "outside the embeddings)"
     )
 
 

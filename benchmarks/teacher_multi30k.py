@@ -38,8 +38,11 @@ def parse_args(argv=None):
     p.add_argument("--warmup-steps", type=int, default=800)
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--eval-steps", type=int, default=1000, help="validate (val BLEU) every N steps")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop after this many evaluations without a better validation BLEU (0: train to the caps)")
     p.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
-    p.add_argument("--reuse", action="store_true", help="skip training where a trained model exists")
+    p.add_argument("--reuse", action="store_true", help="skip training where a trained model exists (and resume "
+                   "one whose training was killed)")
     p.add_argument("--train-only", action="store_true",
                    help="train and stop (e.g. on a GPU); a later --reuse run scores the models where they are used")
     p.add_argument("--note", default="", help="a remark stored with the results (e.g. the card used)")
@@ -49,16 +52,18 @@ def parse_args(argv=None):
 def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
     from seqkd.config import TrainConfig
     from seqkd.student.train import train
+    from seqkd.student.trainer import latest_checkpoint
 
     out = Path(args.models_dir) / f"multi30k-de-en-{family}-teacher"
     summary_file = out / "train_summary.json"
     if args.reuse and summary_file.exists():
         return out, json.loads(summary_file.read_text())
+    resume = args.reuse and latest_checkpoint(out) is not None  # a run killed mid-training continues
     cfg = TrainConfig(
         out=str(out), model=f"{family}-teacher", data="multi30k:de-en", tokenizer=str(tok_dir),
         max_steps=args.max_steps, max_minutes=args.max_minutes, max_tokens=args.max_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, eval_steps=args.eval_steps, bleu_samples=500, logging_steps=100,
-        label_smoothing=0.1, overwrite=True, seed=0,
+        label_smoothing=0.1, patience=args.patience, save_total_limit=1, resume=resume, overwrite=not resume, seed=0,
     )
     summary = train(cfg)
     return out, summary
@@ -130,6 +135,9 @@ def main(argv=None) -> None:
             "train_minutes": summary["seconds"] / 60,
             "train_tokens_per_s": summary["train_tokens_per_s"],
             "best_checkpoint": summary.get("best_checkpoint"),
+            "epochs": summary.get("epochs"),  # summaries before --epochs / --patience existed lack these three
+            "best_step": summary.get("best_step"),
+            "stop_reason": summary.get("stop_reason"),
             "val_bleu_curve": [(e["step"], e.get("eval_bleu")) for e in summary["evaluations"]],
             "scores": rows,
             "model_dir": common.rel(model_dir),
@@ -138,6 +146,13 @@ def main(argv=None) -> None:
         write(result, args, time.perf_counter() - t0)  # partial results survive an interrupted run
     if not args.train_only:
         write(result, args, time.perf_counter() - t0)
+
+
+def steps_cell(r: dict) -> str:
+    """``steps (best step; epochs; why it stopped)`` where the summary says so."""
+    if r.get("epochs") is None:
+        return str(r["train_steps"])
+    return f"{r['train_steps']} (best {r['best_step']}; {r['epochs']:.1f} epochs; {r['stop_reason']})"
 
 
 def write(result: dict, args, seconds: float) -> None:
@@ -150,7 +165,7 @@ def write(result: dict, args, seconds: float) -> None:
     for fam, r in result["families"].items():
         for row in r["scores"]:
             lines.append(
-                f"| {fam} | {r['params'] / 1e6:.1f}M | {r['train_steps']} | {r['train_minutes']:.1f} | "
+                f"| {fam} | {r['params'] / 1e6:.2f}M | {steps_cell(r)} | {r['train_minutes']:.1f} | "
                 f"{r['train_tokens_per_s'] or 0:.0f} | {row['test']} | {row['beam']} | {row['bleu']:.2f} | "
                 f"{row['chrf']:.2f} | {row['words_per_s']:.0f} |")
     sigs = sorted({row["bleu_signature"] for r in result["families"].values() for row in r["scores"]})
@@ -161,7 +176,7 @@ def write(result: dict, args, seconds: float) -> None:
         cmd = (f"python benchmarks/teacher_multi30k.py --families {fam} --max-steps {st['max_steps']} "
                f"--max-minutes {st['max_minutes']:g} "
                f"--lr {st['lr']:g} --warmup-steps {st['warmup_steps']} --eval-steps {st['eval_steps']} "
-               f"--max-tokens {st['max_tokens']}")
+               f"--max-tokens {st['max_tokens']}" + (f" --patience {st['patience']}" if st.get("patience") else ""))
         note = f" — {r['note']}" if r.get("note") else ""
         lines.append(f"- {fam}: `{cmd}` ({r['train_minutes']:.0f} min training){note}")
     common.write_results(args.name, result, "\n".join(lines), results_dir=args.results)

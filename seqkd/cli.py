@@ -84,14 +84,23 @@ def cmd_model_convert_gguf(a: C.ConvertGgufConfig, argv) -> None:
 def cmd_train(a: C.TrainConfig, argv) -> None:
     from seqkd.student.train import train
 
-    summary = train(a)
+    _report_training(a, train(a), "trained", "model")
+
+
+def _report_training(a: C.TrainConfig, summary: dict, verb: str, what: str, extra: str = "") -> None:
+    """One line for a finished training job (train and distill): steps, epochs, why it stopped, speed, best."""
+    why = {"early_stopping": f"stopped early, --patience {a.patience}", "max_minutes": "--max-minutes reached",
+           "max_steps": f"--epochs {a.epochs:g}" if a.epochs is not None else f"--max-steps {a.max_steps}"}
+    reason = why.get(summary.get("stop_reason"), f"--max-steps {a.max_steps}")
     if summary.get("already_finished"):
-        print(f"{a.out}: already finished ({summary['steps']} steps, --max-steps {a.max_steps}); nothing to do")
+        print(f"{a.out}: already finished ({summary['steps']} steps, {reason}); nothing to do")
         return
-    best = summary.get("best_metric")
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s "
-          f"({summary['train_tokens_per_s'] or 0:.0f} tokens/s); model: {a.out}"
-          + (f"; best validation {best:.2f}" if best is not None else ""))
+    if not summary.get("is_main_process", True):
+        return
+    best, speed = summary.get("best_metric"), summary.get("train_tokens_per_s")
+    print(f"{verb} {summary['steps']} steps ({summary.get('epochs', 0):.2f} epochs; {reason}) in "
+          f"{summary['seconds']:.0f}s ({f'{speed:.0f}' if speed else 'n/a'} tokens/s{extra}); {what}: {a.out}"
+          + (f"; best validation {best:.2f} at step {summary.get('best_step')}" if best is not None else ""))
 
 
 def _translator(model_dir: str, d: C.TranslateSettings):
@@ -231,16 +240,8 @@ def cmd_distill(a: C.DistillConfig, argv) -> None:
     from seqkd.student.distill import distill
 
     summary = distill(a)
-    if summary.get("already_finished"):
-        print(f"{a.out}: already finished ({summary['steps']} steps, --max-steps {a.max_steps}); nothing to do")
-        return
-    if not summary.get("is_main_process", True):
-        return
-    best = summary.get("best_metric")
-    print(f"distilled {summary['steps']} steps in {summary['seconds']:.0f}s "
-          f"({summary['train_tokens_per_s'] or 0:.0f} tokens/s, on-policy fraction "
-          f"{summary['onpolicy_fraction']:.2f}); student: {a.out}"
-          + (f"; best validation {best:.2f}" if best is not None else ""))
+    extra = f", on-policy fraction {summary['onpolicy_fraction']:.2f}" if "onpolicy_fraction" in summary else ""
+    _report_training(a, summary, "distilled", "student", extra)
 
 
 def cmd_speculate(a: C.SpeculateConfig, argv) -> None:

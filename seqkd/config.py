@@ -169,7 +169,14 @@ class TrainConfig:
     strict: bool = _help("Fail on empty or over-long lines instead of skipping / truncating them.", default=False)
     max_tokens: int = _help("Token budget of one batch (padded source + target tokens).", default=4096)
     grad_accum: int = _help("Gradient accumulation steps.", default=1)
-    max_steps: int = _help("Optimizer steps to train for.", default=1000)
+    max_steps: int = _help("Optimizer steps to train for (unless --epochs is given).", default=1000)
+    epochs: float | None = _help(
+        "Train for this many passes over the training data instead of --max-steps (the step count follows from the "
+        "token-budget batches: one epoch = ceil(batches / processes) // grad_accum steps). Gives variants whose "
+        "data differ in length the same budget.", default=None)
+    patience: int = _help(
+        "Early stopping: stop when the validation metric (BLEU with --bleu-samples > 0, else loss) has not improved "
+        "for this many evaluations in a row (0 = off). The best checkpoint is the model kept.", default=0)
     max_minutes: float | None = _help(
         "Also stop (evaluating and checkpointing first) after this much wall-clock training time.", default=None)
     lr: float = _help("Peak learning rate (AdamW).", default=5e-4)
@@ -205,8 +212,10 @@ class TrainConfig:
         _at_least(self, 1, "max_tokens", "max_steps", "grad_accum", "max_len", "max_source_len", "vocab_size",
                   "logging_steps",
                   "eval_batch_size", "save_total_limit")
-        _at_least(self, 0, "warmup_steps", "eval_steps", "bleu_samples", "clip", "weight_decay")
-        _positive(self, "max_minutes", "lr")
+        _at_least(self, 0, "warmup_steps", "eval_steps", "bleu_samples", "clip", "weight_decay", "patience")
+        _positive(self, "max_minutes", "lr", "epochs")
+        if self.patience and self.valid_source is None and self.data is None:
+            raise SeqkdError("--patience needs validation data (--valid-source/--valid-target or a registered --data)")
         if not 0 <= self.label_smoothing < 1:
             raise SeqkdError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.dropout is not None and not 0 <= self.dropout < 1:

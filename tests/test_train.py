@@ -146,3 +146,96 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):
                  "--resume", "--no-progress"])
     assert code == 0 and "already finished (6 steps" in capsys.readouterr().out
     assert snapshot() == before
+
+
+# --- epochs and early stopping ---------------------------------------------------------------------------------------
+def test_evaluations_since_best_counts_ties_as_no_improvement():
+    from seqkd.student.trainer import evaluations_since_best
+
+    assert evaluations_since_best([]) == 0
+    assert evaluations_since_best([10.0, 12.0, 11.0, 12.0]) == 2  # the second 12 does not improve on the first
+    assert evaluations_since_best([10.0, 12.0, 12.5]) == 0
+    assert evaluations_since_best([3.0, 2.5, 2.6, 2.7], sign=-1.0) == 2  # a loss: smaller is better
+
+
+def test_steps_per_epoch_counts_as_the_hf_trainer_does():
+    from seqkd.student.trainer import steps_per_epoch
+
+    assert steps_per_epoch(10, 1, 1) == 10
+    assert steps_per_epoch(11, 2, 1) == 6  # accelerate gives each process ceil(11 / 2) batches
+    assert steps_per_epoch(11, 2, 4) == 1  # the partial accumulation at the end of an epoch is dropped
+    assert steps_per_epoch(3, 1, 4) == 1
+
+
+def test_epochs_set_the_step_budget(tmp_path):
+    from seqkd.data.batching import TokenBudgetBatchSampler
+
+    cfg = _cfg(tmp_path, "ep", epochs=1.5, max_steps=1000, eval_steps=0, bleu_samples=0)
+    set_seed(cfg.seed)
+    run = prepare_train(cfg)
+    trainer = build_trainer(cfg, run)
+    n_batches = len(TokenBudgetBatchSampler([len(e["input_ids"]) + len(e["labels"]) for e in run.train_examples],
+                                            cfg.max_tokens))
+    assert trainer.steps_per_epoch == n_batches > 10
+    assert trainer.args.max_steps == -(-3 * n_batches // 2)  # ceil(1.5 epochs)
+    with pytest.raises(SeqkdError, match="--epochs must be > 0"):
+        _cfg(tmp_path, "bad", epochs=0)
+    with pytest.raises(SeqkdError, match="--patience must be >= 0"):
+        _cfg(tmp_path, "bad", patience=-1)
+
+
+def _scripted_bleu(trainer, by_step):
+    """Validation BLEU as a function of the step (the stopping rule, not the model, is under test)."""
+    from types import SimpleNamespace
+
+    trainer.bleu_eval = lambda model: SimpleNamespace(bleu=by_step[trainer.state.global_step])
+
+
+def test_patience_stops_at_the_same_step_after_a_resume(tmp_path):
+    """BLEU 5, 7, 6, 6 at steps 3..12 with patience 2: stop at step 12, keep step 6; a run killed at step 6
+    and resumed stops there too (the rule reads the saved history), and --resume afterwards changes nothing."""
+    from seqkd.student.setup import run_training
+
+    by_step = {3: 5.0, 6: 7.0, 9: 6.0, 12: 6.0, 15: 9.0, 18: 9.0}
+    kw = dict(max_steps=18, eval_steps=3, patience=2, save_total_limit=1, logging_steps=3)
+
+    def build(name, **extra):
+        cfg = _cfg(tmp_path, name, **kw, **extra)
+        set_seed(cfg.seed)
+        run = prepare_train(cfg)
+        if extra.get("resume"):
+            from seqkd.student.trainer import latest_checkpoint
+
+            run.resume_from = latest_checkpoint(cfg.out)
+        trainer = build_trainer(cfg, run)
+        _scripted_bleu(trainer, by_step)
+        return cfg, run, trainer
+
+    cfg, run, trainer = build("full")
+    full = run_training(cfg, run, trainer)
+    assert (full["steps"], full["stop_reason"], full["best_step"], full["max_steps"]) == (12, "early_stopping", 6, 18)
+    assert [e["eval_bleu"] for e in full["evaluations"]] == [5.0, 7.0, 6.0, 6.0]
+    assert full["epochs"] == pytest.approx(12 / trainer.steps_per_epoch)
+
+    cfg, run, trainer = build("cut")
+    trainer.add_callback(_StopAt(6))
+    trainer.train()
+    cfg, run, trainer = build("cut", resume=True)
+    resumed = run_training(cfg, run, trainer)
+    assert (resumed["steps"], resumed["stop_reason"], resumed["best_step"]) == (12, "early_stopping", 6)
+    assert train(_cfg(tmp_path, "cut", **kw, resume=True))["already_finished"]
+
+
+def test_cli_trains_for_epochs_and_says_why_it_stopped(tmp_path, capsys):
+    from seqkd.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train", "--out", str(out), "--data", "synthetic", "--synthetic-size", "300", "--vocab-size", "128",
+            "--model", "marian-tiny", "--epochs", "0.5", "--eval-steps", "0", "--bleu-samples", "0", "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["stop_reason"] == "max_steps" and summary["steps"] == -(-summary["steps_per_epoch"] // 2)
+    assert f"trained {summary['steps']} steps ({summary['epochs']:.2f} epochs; --epochs 0.5)" in capsys.readouterr().out
+    assert main([*args, "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert f"already finished ({summary['steps']} steps, --epochs 0.5)" in said

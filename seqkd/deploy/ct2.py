@@ -181,7 +181,13 @@ class CT2Translator:
     """A CTranslate2 export, loaded for translation: :meth:`translate` takes the arguments of
     :func:`seqkd.teacher.decoding.translate` and encodes prompts with the same :class:`~seqkd.data.prompts.Format`.
 
-    threads: CPU threads for one batch (CTranslate2's ``intra_threads``; 0 = every core this process may use).
+    threads: CPU cores to use (0 = every core this process may use). They are spent as CTranslate2
+    ``inter_threads`` replicas of one thread each, and every batch is split evenly across them, not as
+    ``intra_threads`` inside one replica: with CTranslate2 4.8.5 (MKL, packed GEMM on by default) on a 2-core VM,
+    two intra-op threads made a d256 Marian 1.4-2.4× slower at batch 64 and 4-10× slower at batch 1 than one
+    (int8 and float32 alike; ``CT2_PACKED_GEMM=0`` repairs float32 only), while two one-thread replicas decode a
+    64-sentence batch 1.9× faster than one. A batch of one sentence thus runs on one core. Seeded sampling is
+    reproducible with ``threads=1`` only (replicas draw from their own generators).
     """
 
     engine = "ct2"
@@ -199,7 +205,8 @@ class CT2Translator:
         cls = ct2.Translator if self.family == "seq2seq" else ct2.Generator
         # compute_type "default": what the export holds (int8 weights compute in int8, float32 in float32)
         self.threads = threads or len(os.sched_getaffinity(0))  # explicit, so that a reported rate names it
-        self.model = cls(str(p), device=device, compute_type="default", intra_threads=self.threads)
+        self.model = cls(str(p), device=device, compute_type="default", inter_threads=self.threads,
+                         intra_threads=1)
         self._ct2 = ct2
 
     def generate_ids(
@@ -230,14 +237,15 @@ class CT2Translator:
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size]
             batch = [to_tokens(list(prompts[i])) for i in idx]
+            share = -(-len(batch) // self.threads)  # ceil: one sub-batch per replica, decoded in parallel
             if self.family == "seq2seq":
                 # min_decoding_length 0: HF lets eos come first; max_input_length 0: Format already cut the source
                 res = self.model.translate_batch(batch, max_decoding_length=max_new_tokens, min_decoding_length=0,
-                                                 max_input_length=0, **opts)
+                                                 max_input_length=0, max_batch_size=share, **opts)
                 outs = [r.hypotheses for r in res]
             else:
                 res = self.model.generate_batch(batch, max_length=max_new_tokens, min_length=0,
-                                                include_prompt_in_result=False, **opts)
+                                                include_prompt_in_result=False, max_batch_size=share, **opts)
                 outs = [r.sequences for r in res]
             for i, hyps in zip(idx, outs):
                 decoded[i] = [to_ids(h) for h in hyps]

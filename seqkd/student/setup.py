@@ -269,8 +269,9 @@ def prepare_distill(cfg: DistillConfig) -> Run:
 
 # --- the path every job takes ----------------------------------------------------------------------------------------
 def finished_summary(cfg: TrainConfig) -> dict | None:
-    """``--resume`` on a run that already reached ``--max-steps``: its summary, marked ``already_finished``; nothing
-    is trained, saved or deleted. (A run stopped early by ``--max-minutes`` is not finished: it resumes.)"""
+    """``--resume`` on a finished run (it reached its step budget, or ``--patience`` stopped it): its summary,
+    marked ``already_finished``; nothing is trained, saved or deleted. A run stopped by ``--max-minutes`` is not
+    finished: it resumes; so does one given a larger ``--max-steps`` / ``--epochs`` than it ran with."""
     path = Path(cfg.out) / "train_summary.json"
     if not cfg.resume or not path.is_file():
         return None
@@ -278,9 +279,14 @@ def finished_summary(cfg: TrainConfig) -> dict | None:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return None  # a summary being written by a killed run: resume from the checkpoint
-    if summary.get("steps", 0) < cfg.max_steps:
-        return None
-    return summary | {"already_finished": True}
+    reason, ran = summary.get("stop_reason"), summary.get("config", {})
+    if reason == "early_stopping":
+        return summary | {"already_finished": True}
+    if cfg.epochs is not None:  # the step budget follows from the data: compare what was asked for
+        done = reason == "max_steps" and ran.get("epochs") is not None and ran["epochs"] >= cfg.epochs
+    else:
+        done = summary.get("steps", 0) >= cfg.max_steps
+    return summary | {"already_finished": True} if done else None
 
 
 def start(cfg: TrainConfig, prepare: Callable[[Any], Run]) -> Run:

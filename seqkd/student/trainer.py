@@ -10,6 +10,7 @@ distillation trainer overrides ``loss_terms`` and nothing else of the training l
 from __future__ import annotations
 
 import inspect
+import math
 import shutil
 import time
 from collections import defaultdict
@@ -85,6 +86,8 @@ class SeqkdTrainer(Trainer):
     train set), ``bleu_eval`` (callable model -> :class:`seqkd.evaluate.Scores`, run at each evaluation),
     ``label_smoothing``.
     """
+
+    steps_per_epoch: int = 1  # optimizer steps per pass over the data; make_trainer sets it (summaries report epochs)
 
     def __init__(self, *args, fmt: Format, batch_sampler=None, bleu_eval=None, label_smoothing: float = 0.0,
                  **kwargs):
@@ -217,12 +220,50 @@ class _TimeBudget(TrainerCallback):
             control.should_save = True
 
 
-def training_arguments(cfg: TrainConfig, *, has_valid: bool, metric: str | None) -> TrainingArguments:
-    """Map a TrainConfig onto HF TrainingArguments (one place, so the distillation job reuses it)."""
-    every = cfg.eval_steps or cfg.max_steps
+class _EarlyStopping(TrainerCallback):
+    """Stop when validation ``metric`` has not improved for ``patience`` evaluations in a row.
+
+    Stateless on purpose: the evaluations are read from ``state.log_history``, which every checkpoint saves, so a
+    resumed run stops at the same step as an uninterrupted one (a counter kept in the callback would restart at 0).
+    HF's ``EarlyStoppingCallback`` needs ``load_best_model_at_end``, which would overwrite the last weights we keep.
+    """
+
+    def __init__(self, patience: int, metric: str, greater_is_better: bool):
+        self.patience, self.key, self.sign = patience, f"eval_{metric}", 1.0 if greater_is_better else -1.0
+        self.stopped_at: int | None = None
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        # Trainer.evaluate logs the metrics before this event fires, so the current evaluation is in the history.
+        if evaluations_since_best([h[self.key] for h in state.log_history if self.key in h], self.sign) \
+                >= self.patience:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
+def evaluations_since_best(values: list[float], sign: float = 1.0) -> int:
+    """How many evaluations came after the best one (the first of equal bests: a tie is no improvement).
+    ``sign`` is +1 when larger is better (BLEU), -1 when smaller is (loss)."""
+    if not values:
+        return 0
+    best = max(range(len(values)), key=lambda i: (sign * values[i], -i))
+    return len(values) - 1 - best
+
+
+def steps_per_epoch(n_batches: int, world_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass over ``n_batches`` batches, as the HF Trainer counts them (accelerate gives each
+    of ``world_size`` processes ``ceil(n / world_size)`` batches; a partial accumulation at the end is dropped)."""
+    return max(1, math.ceil(n_batches / world_size) // grad_accum)
+
+
+def training_arguments(cfg: TrainConfig, *, has_valid: bool, metric: str | None,
+                       max_steps: int | None = None) -> TrainingArguments:
+    """Map a TrainConfig onto HF TrainingArguments (one place, so the distillation job reuses it).
+    ``max_steps``: the resolved step budget (from ``--epochs``), default ``cfg.max_steps``."""
+    max_steps = max_steps or cfg.max_steps
+    every = cfg.eval_steps or max_steps
     return TrainingArguments(
         output_dir=cfg.out,
-        max_steps=cfg.max_steps,
+        max_steps=max_steps,
         learning_rate=cfg.lr,
         warmup_steps=cfg.warmup_steps,
         lr_scheduler_type=cfg.schedule,
@@ -296,9 +337,13 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
             return score(hyps, refs)
 
     metric = ("bleu" if bleu_eval else "loss") if valid is not None else None
+    if cfg.patience and valid is None:
+        raise SeqkdError("--patience needs validation data (--valid-source/--valid-target)")
+    per_epoch = steps_per_epoch(len(sampler), run_state().num_processes, cfg.grad_accum)
+    max_steps = cfg.max_steps if cfg.epochs is None else math.ceil(cfg.epochs * per_epoch)
     trainer = trainer_cls(
         model=model,
-        args=training_arguments(cfg, has_valid=valid is not None, metric=metric),
+        args=training_arguments(cfg, has_valid=valid is not None, metric=metric, max_steps=max_steps),
         train_dataset=ListDataset(train_ex),
         eval_dataset=ListDataset(valid[0]) if valid is not None else None,
         data_collator=(collator_cls or Collator)(fmt.pad_id, decoder_start_id=model.config.decoder_start_token_id
@@ -316,6 +361,9 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
         trainer.add_callback(_Progress())
     if cfg.max_minutes is not None:
         trainer.add_callback(_TimeBudget(cfg.max_minutes))
+    if cfg.patience:
+        trainer.add_callback(_EarlyStopping(cfg.patience, metric, greater_is_better=metric == "bleu"))
+    trainer.steps_per_epoch = per_epoch
     return trainer
 
 
@@ -347,9 +395,15 @@ def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
     history = trainer.state.log_history
     speeds = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
     best = trainer.state.best_model_checkpoint
+    steps, per_epoch = trainer.state.global_step, trainer.steps_per_epoch
     return {
-        "steps": trainer.state.global_step,
+        "steps": steps,
+        "max_steps": trainer.args.max_steps,
+        "stop_reason": stop_reason(trainer),
+        "steps_per_epoch": per_epoch,
+        "epochs": steps / per_epoch,
         "best_checkpoint": Path(best).name if best else None,
+        "best_step": int(Path(best).name.split("-")[-1]) if best else None,
         "best_metric": trainer.state.best_metric,
         "evaluations": [h for h in history if "eval_loss" in h],
         "train_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
@@ -357,6 +411,16 @@ def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
         "seconds": time.perf_counter() - started,
         "config": as_dict(cfg),
     }
+
+
+def stop_reason(trainer: SeqkdTrainer) -> str:
+    """Why training ended: ``max_steps`` (the budget, from --max-steps or --epochs), ``early_stopping``
+    (--patience) or ``max_minutes``."""
+    if trainer.state.global_step >= trainer.args.max_steps:
+        return "max_steps"
+    if any(isinstance(c, _EarlyStopping) and c.stopped_at is not None for c in trainer.callback_handler.callbacks):
+        return "early_stopping"
+    return "max_minutes"
 
 
 def resume_point(cfg: TrainConfig, state) -> Path | None:

@@ -180,7 +180,7 @@ def write(result: dict, args, seconds: float) -> None:
              f"Teacher `{Path(args.teacher).name}`; students `{args.student_preset}`, each at most {args.epochs:g} "
              f"epochs over its own training data, early stopping on validation BLEU (500 val sentences, greedy, "
              f"every {args.eval_steps} steps) with patience {args.patience}; the best validation checkpoint is "
-             f"scored. Machine: {result['machine']}.", ""]
+             "scored.", ""]
     if not result["complete"]:
         lines += [f"**Incomplete run: {len(students)} of {len(args.students)} students trained so far** "
                   f"({', '.join(students) or 'none'}); rerunning the command continues it.", ""]

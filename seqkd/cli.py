@@ -250,6 +250,15 @@ def cmd_speculate(a: C.SpeculateConfig, argv) -> None:
     print(format_spec_report(speculate(a)))
 
 
+def cmd_draft_init(a: C.DraftInitConfig, argv) -> None:
+    from seqkd.speculative.draft import init_draft
+
+    r = init_draft(a)
+    print(f"draft: {a.out} (target layers {r['layers']} of {r['target_layers']}; {r['params'] / 1e6:.1f}M "
+          f"parameters, {r['non_embedding_params'] / 1e6:.1f}M outside the embeddings; target "
+          f"{r['target_params'] / 1e6:.1f}M)")
+
+
 def cmd_align(a: C.AlignConfig, argv) -> None:
     from seqkd.speculative.align import align
 
@@ -317,6 +326,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, tuple[type, ...], Callable]] = [
      (C.DistillConfig,), cmd_distill),
     (("speculate",), "speculative decoding with a draft: acceptance, block efficiency, speedup (seqkd's exact "
      "decoder, HF assisted generation, or vLLM)", (C.SpeculateConfig,), cmd_speculate),
+    (("draft", "init"), "make a speculative-decoding draft from its target: a subset of its layers, its "
+     "embeddings and output layer", (C.DraftInitConfig,), cmd_draft_init),
     (("align",), "DistillSpec: align a draft to its target (on-policy / target / fixed data, TVD / KL / JSD), "
      "acceptance before and after", (C.AlignConfig,), cmd_align),
     (("translate",), "translate a file with a trained model", (C.TranslateConfig, C.TranslateSettings),
@@ -332,7 +343,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, tuple[type, ...], Callable]] = [
     (("select",), "turn a corpus into student training data (top, seq-inter, all)", (C.SelectConfig,), cmd_select),
 ]
 GROUPS = {"data": "check data files, locate registered datasets", "tokenizer": "train tokenizers",
-          "model": "presets, model info, GGUF conversion"}
+          "model": "presets, model info, GGUF conversion", "draft": "make speculative-decoding drafts"}
 
 
 def _string_to_bool(v) -> bool:

@@ -645,6 +645,23 @@ class SpeculateConfig:
 
 
 @dataclass
+class DraftInitConfig:
+    """``seqkd draft init``: a speculative-decoding draft made from its (decoder-only) target: the target's
+    configuration with a subset of its layers, their weights, and its embeddings, final norm and output layer."""
+
+    target: str = _help("Target model directory (or hub id): a decoder-only model, e.g. a converted GGUF.")
+    layers: str = _help("Target layers the draft keeps: first:K (an early exit after K layers), every:N (layers "
+                        "N-1, 2N-1, ...) or a list such as 0,10,29.")
+    out: str = _help("Output directory: the draft (HF save_pretrained, with the target's tokenizer), ready for "
+                     "`seqkd distill --model OUT` / `seqkd align --draft OUT` / `seqkd speculate --draft OUT`.")
+    overwrite: bool = _help("Replace an existing --out.", default=False)
+
+    def __post_init__(self) -> None:
+        if not self.layers.strip():
+            raise SeqkdError("--layers is empty: give first:K, every:N or a list such as 0,10,29")
+
+
+@dataclass
 class AlignConfig:
     """DistillSpec: align ``draft`` to ``target`` on prompts; report acceptance before and after."""
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from seqkd.errors import SeqkdError
 
@@ -58,6 +60,26 @@ def atomic_write_lines(path: PathLike, lines: Iterable[str]) -> int:
 
 def atomic_write_json(path: PathLike, obj: Any, *, indent: int | None = 1) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + "\n")
+
+
+@contextmanager
+def staged_dir(out: PathLike) -> Iterator[Path]:
+    """A directory that appears at ``out`` complete or not at all: the caller writes into the yielded (empty)
+    staging directory, made beside ``out`` on the same filesystem; when the block ends normally it replaces ``out``
+    (rename), and on an exception it is removed and ``out`` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staged = tmp / "staged"
+        staged.mkdir()
+        yield staged
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staged, out)
+        _fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

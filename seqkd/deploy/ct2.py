@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,7 +140,7 @@ def export_ctranslate2(
     quarter of the size; CTranslate2 computes the GEMMs in int8 on CPU). The directory appears complete or not at all:
     it is written beside ``out_dir`` and renamed into place. ``force`` replaces an existing export.
     """
-    from seqkd.io import check_writable
+    from seqkd.io import check_writable, staged_dir
     from seqkd.models import load_model
     from seqkd.models.tokenizer import load_tokenizers, save_tokenizers
 
@@ -160,20 +158,12 @@ def export_ctranslate2(
     src_tok, tgt_tok = load_tokenizers(model_dir)
     model = load_model(model_dir)  # a fresh copy: the llama loader takes the layers out of what it converts
     loader = marian_loader(src_tok, tgt_tok) if arch == "marian" else llama_loader(tgt_tok)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        converter(model, loader).convert(str(tmp / "m"), quantization=quantization)
-        staged = tmp / "m"
+    with staged_dir(out) as staged:
+        converter(model, loader).convert(str(staged), quantization=quantization, force=True)  # force: it exists
         save_tokenizers(src_tok, tgt_tok, staged)
         meta = {"format": "ctranslate2", "architecture": arch, "family": "seq2seq" if arch == "marian" else "causal",
                 "quantization": quantization, "ctranslate2": ct2.__version__}
         (staged / EXPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staged, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -259,6 +259,15 @@ def cmd_draft_init(a: C.DraftInitConfig, argv) -> None:
           f"{r['target_params'] / 1e6:.1f}M)")
 
 
+def cmd_draft_vocab(a: C.DraftVocabConfig, argv) -> None:
+    from seqkd.speculative.draft import prune_draft_vocab
+
+    r = prune_draft_vocab(a)
+    print(f"draft: {a.out} (output layer {r['vocab_size']} -> {r['top']} rows, covering {r['coverage']:.1%} of the "
+          f"{r['corpus_tokens']:,} corpus tokens; {r['params'] / 1e6:.1f}M parameters, was "
+          f"{r['params_before'] / 1e6:.1f}M); decode it with seqkd speculate --engine seqkd")
+
+
 def cmd_align(a: C.AlignConfig, argv) -> None:
     from seqkd.speculative.align import align
 
@@ -328,6 +337,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, tuple[type, ...], Callable]] = [
      "decoder, HF assisted generation, or vLLM)", (C.SpeculateConfig,), cmd_speculate),
     (("draft", "init"), "make a speculative-decoding draft from its target: a subset of its layers, its "
      "embeddings and output layer", (C.DraftInitConfig,), cmd_draft_init),
+    (("draft", "vocab"), "prune a draft's output layer to the target's most frequent tokens (exact decoding, "
+     "seqkd's decoder only)", (C.DraftVocabConfig,), cmd_draft_vocab),
     (("align",), "DistillSpec: align a draft to its target (on-policy / target / fixed data, TVD / KL / JSD), "
      "acceptance before and after", (C.AlignConfig,), cmd_align),
     (("translate",), "translate a file with a trained model", (C.TranslateConfig, C.TranslateSettings),

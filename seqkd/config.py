@@ -662,6 +662,23 @@ class DraftInitConfig:
 
 
 @dataclass
+class DraftVocabConfig:
+    """``seqkd draft vocab``: prune a trained draft's output layer to the target tokens most frequent in the target's
+    own corpus (FR-Spec). Decoding stays exact; only seqkd's decoder can use such a draft."""
+
+    draft: str = _help("Draft model directory (trained / aligned: a pruned draft is not trained further).")
+    corpus: str = _help("The target's corpus (a `seqkd generate` directory or its corpus.jsonl): token frequencies "
+                        "are counted over every hypothesis's token ids.")
+    top: int = _help("Output rows kept: the K most frequent target tokens (eos always among them).")
+    out: str = _help("Output directory: the pruned draft, its tokenizer and draft_vocab.json (the target id of "
+                     "every output row).")
+    overwrite: bool = _help("Replace an existing --out.", default=False)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "top")
+
+
+@dataclass
 class AlignConfig:
     """DistillSpec: align ``draft`` to ``target`` on prompts; report acceptance before and after."""
 

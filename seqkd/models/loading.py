@@ -15,6 +15,7 @@ import torch
 
 from seqkd.data.files import sha256_file
 from seqkd.errors import SeqkdError
+from seqkd.models.draft_vocab import DRAFT_VOCAB_FILE, load_pruned, save_vocab_map
 from seqkd.models.presets import _sync_generation_config
 from seqkd.models.tokenizer import SOURCE_SUBDIR
 
@@ -100,6 +101,8 @@ def load_model(
                 raise SeqkdError(f"no model weights (*.safetensors or pytorch_model*.bin) in {where}")
             if has_safetensors:
                 kwargs["use_safetensors"] = True
+    if local and gguf_file is None and (Path(where) / DRAFT_VOCAB_FILE).is_file():  # a draft with a pruned head
+        return load_pruned(where, config, dtype).to(device).eval()
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
         model, info = auto.from_pretrained(where, config=config, output_loading_info=True, **kwargs)
@@ -154,6 +157,8 @@ def save_model(model, tokenizers=None, out_dir: str | os.PathLike = ".") -> Path
     out.mkdir(parents=True, exist_ok=True)
     _sync_generation_config(model)
     model.save_pretrained(out)
+    if getattr(model, "seqkd_vocab_map", None) is not None:  # a draft with a pruned output layer
+        save_vocab_map(model, out)
     if tgt is not None:
         tgt.save_pretrained(out)
     if src is not None and src is not tgt:

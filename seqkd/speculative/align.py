@@ -174,6 +174,7 @@ def align(cfg: AlignConfig) -> dict[str, Any]:
     with the models the job holds: the draft and target loaded once before, the trained draft and the target of the
     training run after."""
     from seqkd.models import load_model
+    from seqkd.models.draft_vocab import refuse_training
     from seqkd.speculative.runners import check_pair
 
     started = time.perf_counter()
@@ -182,6 +183,7 @@ def align(cfg: AlignConfig) -> dict[str, Any]:
         raise SeqkdError(f"--out {out} is the draft or target directory itself: choose a new directory")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise SeqkdError(f"{out} is not empty (an earlier alignment?): use --overwrite to replace it")
+    refuse_training(cfg.draft, "seqkd align")
     tokenizers = check_pair(cfg.target, cfg.draft)
     prompts, refs, evals = _texts(cfg)
     work = out.with_name(out.name + "-work")  # not inside out: the training run owns that directory

@@ -1,4 +1,5 @@
-"""``seqkd draft init``: a speculative-decoding draft that starts from its target.
+"""``seqkd draft init``: a speculative-decoding draft that starts from its target; ``seqkd draft vocab``: the same
+draft with its output layer pruned to the target's most frequent tokens (:mod:`seqkd.models.draft_vocab`).
 
 A draft trained from scratch on a target's outputs must first learn the language; one made of the target's own
 embeddings, output layer and a few of its layers starts out agreeing with the target wherever those layers carry
@@ -12,24 +13,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seqkd.config import DraftInitConfig
+from seqkd.config import DraftInitConfig, DraftVocabConfig
 from seqkd.errors import SeqkdError
 
 
 def init_draft(cfg: DraftInitConfig) -> dict:
     """Build the draft ``cfg`` describes and save it (with the target's tokenizer) in ``cfg.out``; returns what it
     made: the layers kept, the target's layer count and both parameter counts."""
-    from seqkd.io import check_writable, is_model_dir, staged_dir
+    from seqkd.io import is_model_dir, staged_dir
     from seqkd.models import count_non_embedding, count_parameters, family, load_model, save_model
     from seqkd.models.student_init import draft_from_target, parse_layers
     from seqkd.models.tokenizer import load_tokenizers
 
     out = Path(cfg.out)
-    if out.resolve() == Path(cfg.target).resolve():
-        raise SeqkdError("--out is the target's own directory")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SeqkdError(f"{out} already exists and is not empty (--overwrite replaces it)")
-    check_writable(out, directory=True)
+    _check_out(out, cfg.target, cfg.overwrite)
     config = Path(cfg.target) / "config.json"
     if Path(cfg.target).is_dir() and not is_model_dir(cfg.target):
         raise SeqkdError(f"{cfg.target}: not a model directory (config.json + weights)")
@@ -50,3 +47,49 @@ def init_draft(cfg: DraftInitConfig) -> dict:
         save_model(draft, load_tokenizers(cfg.target), staged)
     return {"layers": layers, "target_layers": target.config.num_hidden_layers, "params": count_parameters(draft),
             "non_embedding_params": count_non_embedding(draft), "target_params": count_parameters(target)}
+
+
+def _check_out(out: Path, source: str, overwrite: bool) -> None:
+    from seqkd.io import check_writable
+
+    if out.resolve() == Path(source).resolve():
+        raise SeqkdError("--out is the input model's own directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SeqkdError(f"{out} already exists and is not empty (--overwrite replaces it)")
+    check_writable(out, directory=True)
+
+
+def prune_draft_vocab(cfg: DraftVocabConfig) -> dict:
+    """Count token frequencies over every hypothesis of the target's corpus, keep the ``cfg.top`` most frequent
+    output rows of the draft (its eos ids always), save the pruned draft in ``cfg.out``; returns what it did."""
+    from seqkd.io import is_model_dir, staged_dir
+    from seqkd.models import count_parameters, load_model, save_model
+    from seqkd.models.draft_vocab import prune_output_layer, refuse_training, token_frequencies, top_tokens
+    from seqkd.models.tokenizer import load_tokenizers
+    from seqkd.speculative.decoder import eos_ids
+    from seqkd.teacher.corpus import read_corpus
+
+    out = Path(cfg.out)
+    _check_out(out, cfg.draft, cfg.overwrite)
+    if not is_model_dir(cfg.draft):
+        raise SeqkdError(f"{cfg.draft}: not a model directory (config.json + weights)")
+    refuse_training(cfg.draft, "pruning")  # already pruned: prune the original draft again instead
+    meta = json.loads((Path(cfg.draft) / "config.json").read_text())
+    if meta.get("is_encoder_decoder"):
+        raise SeqkdError(f"{cfg.draft} is an encoder-decoder model; `seqkd draft vocab` prunes decoder-only drafts")
+    vocab = int(meta.get("vocab_size", 0))
+    if not 0 < cfg.top <= vocab:
+        raise SeqkdError(f"--top must be in 1..{vocab} (the draft's vocabulary), got {cfg.top}")
+    counts = token_frequencies(h["token_ids"] for rec in read_corpus(cfg.corpus) for h in rec["hypotheses"])
+    if not counts:
+        raise SeqkdError(f"{cfg.corpus}: the corpus has no tokens to count")
+    draft = load_model(cfg.draft)
+    before = count_parameters(draft)
+    ids = top_tokens(counts, cfg.top, vocab, always=eos_ids(draft))
+    prune_output_layer(draft, ids)
+    with staged_dir(out) as staged:
+        save_model(draft, load_tokenizers(cfg.draft), staged)
+    total = sum(counts.values())
+    return {"top": cfg.top, "vocab_size": vocab, "corpus_tokens": total,
+            "coverage": sum(counts[t] for t in ids) / total, "params": count_parameters(draft),
+            "params_before": before}

@@ -74,6 +74,7 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
     target)`` and the ``prompts`` (texts): then nothing is loaded or read, and ``cfg.target`` / ``cfg.draft`` /
     ``cfg.input`` only name them in the report (the seqkd and hf engines; vLLM loads its own models from paths)."""
     from seqkd.models import count_parameters
+    from seqkd.models.draft_vocab import is_pruned_draft
     from seqkd.teacher.engines import TextCodec
 
     holds = target is not None or draft is not None
@@ -81,6 +82,11 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
         raise SeqkdError("speculate(): pass target, draft and tokenizers together")
     if holds and cfg.engine == "vllm":
         raise SeqkdError("the vllm engine loads its models from directories: pass paths, not loaded models")
+    pruned = getattr(draft, "seqkd_vocab_map", None) is not None if holds else is_pruned_draft(cfg.draft)
+    if pruned and cfg.engine != "seqkd":
+        raise SeqkdError(f"the draft has a pruned output layer (a reduced vocabulary): only --engine seqkd decodes "
+                         f"with it; {'HF assisted generation' if cfg.engine == 'hf' else 'vLLM'} needs a draft that "
+                         "scores the whole vocabulary")
     texts = _usable(list(prompts), cfg, "the prompt list is empty") if prompts is not None else read_prompts(cfg)
     src_tok, tgt_tok = tokenizers if holds else check_pair(cfg.target, cfg.draft)
     if cfg.engine == "vllm":

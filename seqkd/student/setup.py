@@ -82,6 +82,7 @@ def tokenizers_for(cfg: TrainConfig, sources: list[str], targets: list[str]):
 
 def model_for(cfg: TrainConfig, src_tok, tgt_tok):
     from seqkd.models import PRESETS, build_model, load_model
+    from seqkd.models.draft_vocab import refuse_training
 
     if cfg.model in PRESETS:
         # Llama has no residual dropout; its one dropout knob is on attention probabilities.
@@ -91,6 +92,7 @@ def model_for(cfg: TrainConfig, src_tok, tgt_tok):
         return build_model(cfg.model, vocab_size=len(src_tok), decoder_vocab_size=len(tgt_tok) if separate else None,
                            pad_id=tgt_tok.pad_token_id, bos_id=tgt_tok.bos_token_id, eos_id=tgt_tok.eos_token_id,
                            seed=cfg.seed, **overrides)
+    refuse_training(cfg.model, "training")
     model = load_model(cfg.model)
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tgt_tok) > vocab:

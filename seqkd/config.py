@@ -624,13 +624,21 @@ class SpeculateConfig:
         "seqkd engine: also run HF generate and HF assisted generation on every prompt, interleaved with seqkd's "
         "target-only and speculative decoding, and compare all four on absolute tokens/s against HF generate as the "
         "one common baseline.", default=False)
+    batch_size: int = _help(
+        "Prompts decoded together: seqkd engine, decoder-only (batched speculation, each row exact; target-only "
+        "batched alike), or vllm (prompts per generate call). 1 = one prompt at a time (latency).", default=1)
     out: str | None = _help("Write the report (JSON) here.", default=None)
 
     def __post_init__(self) -> None:
         check_choices(self)
         if self.input and self.data:  # neither: the caller passes a prompt list (checked before anything loads)
             raise SeqkdError("give either --input FILE or --data NAME, not both")
-        _at_least(self, 1, "gamma", "max_new_tokens", "limit", "passes")
+        _at_least(self, 1, "gamma", "max_new_tokens", "limit", "passes", "batch_size")
+        if self.batch_size > 1 and (self.engine == "hf" or self.compare_hf):
+            raise SeqkdError("HF assisted generation decodes one prompt at a time: --batch-size > 1 needs --engine "
+                             "seqkd (without --compare-hf) or vllm")
+        if self.batch_size > 1 and self.adaptive_gamma:
+            raise SeqkdError("--adaptive-gamma is per sequence: use it with --batch-size 1")
         _at_least(self, 0, "temperature", "warmup")
         if self.compare_hf and self.engine != "seqkd":
             raise SeqkdError("--compare-hf runs HF beside seqkd's decoder: use it with --engine seqkd")

@@ -143,7 +143,7 @@ def test_vllm_counters_leave_out_the_warmup(monkeypatch):
                     Metric(name="vllm:spec_decode_num_accepted_tokens_per_pos", values=[n, n, 0, 0])]
 
     engine = SimpleNamespace(llm=LLM(), codec=SimpleNamespace(eos_id=0))
-    cfg = SimpleNamespace(temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0)
+    cfg = SimpleNamespace(temperature=0.0, top_p=1.0, max_new_tokens=8, seed=0, batch_size=1)
     outs, tokens, seconds, counters = vllm_runner._timed_run(engine, [[5]] * 5, cfg, warmup=2)
     assert len(outs) == 5 and tokens == 15 and engine.llm.prompts == 7
     assert counters["vllm:spec_decode_num_draft_tokens"] == 20 and counters["vllm:spec_decode_num_drafts"] == 5

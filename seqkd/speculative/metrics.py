@@ -162,15 +162,19 @@ class SpecStats:
     def drafted_per_call(self) -> float:
         return self.drafted / self.target_calls if self.target_calls else 0.0
 
-    def costs(self, baseline: SpecStats, gamma: int | None = None) -> dict[str, float | None]:
+    def costs(self, baseline: SpecStats, gamma: int | None = None,
+              times: SpecStats | None = None) -> dict[str, float | None]:
         """``c``, ``v``, Leviathan's bound (``a`` = per-token acceptance, with ``c``) and the overhead-aware prediction
-        ``tau / (gbar c + v)``, relative to ``baseline``: the target-only run of the same prompts."""
+        ``tau / (gbar c + v)``, relative to ``baseline``: the target-only run of the same prompts. ``times``: where the
+        step times come from when they are not this object's (a batch: its calls serve every row, whose acceptance
+        counts this object holds)."""
+        t = times or self
         step = baseline.target_step_seconds
-        if not (step and self.draft_step_seconds and self.target_step_seconds):
+        if not (step and t.draft_step_seconds and t.target_step_seconds):
             return {"cost_ratio": None, "verification_cost": None, "leviathan_bound": None,
                     "predicted_speedup": None}
-        c = self.draft_step_seconds / step
-        v = self.target_step_seconds / step
+        c = t.draft_step_seconds / step
+        v = t.target_step_seconds / step
         g = gamma or self.gamma
         return {"cost_ratio": c, "verification_cost": v,
                 "leviathan_bound": leviathan_speedup(self.verified_acceptance_rate, g, c),
@@ -180,16 +184,18 @@ class SpecStats:
     def tokens_per_s(self) -> float:
         return self.generated / self.wall_seconds if self.wall_seconds else 0.0
 
-    def summary(self, baseline: SpecStats | None = None, gamma: int | None = None) -> dict:
+    def summary(self, baseline: SpecStats | None = None, gamma: int | None = None,
+                times: SpecStats | None = None) -> dict:
         """Every counter and derived number; the costs (``c``, ``v``, bound, prediction) where ``baseline`` (the
-        target-only run of the same prompts) is given, else None."""
+        target-only run of the same prompts) is given, else None. ``times``: as in :meth:`costs`."""
+        t = times or self
         d = asdict(self)
         d.update(acceptance_rate=self.acceptance_rate, verified_acceptance_rate=self.verified_acceptance_rate,
                  block_efficiency=self.block_efficiency,
                  per_position_acceptance=self.per_position_acceptance, analytic_acceptance=self.analytic_acceptance,
-                 tokens_per_s=self.tokens_per_s, draft_step_seconds=self.draft_step_seconds,
-                 verification_seconds=self.target_step_seconds)
-        d.update(self.costs(baseline, gamma) if baseline is not None else
+                 tokens_per_s=t.tokens_per_s, draft_step_seconds=t.draft_step_seconds,
+                 verification_seconds=t.target_step_seconds)
+        d.update(self.costs(baseline, gamma, times) if baseline is not None else
                  {"cost_ratio": None, "verification_cost": None, "leviathan_bound": None, "predicted_speedup": None})
         return d
 

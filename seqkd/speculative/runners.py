@@ -105,7 +105,7 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
         prompt_ids = [torch.tensor([ids]) for ids in codec.encode(texts)]
         was_training = (target.training, draft.training)
         target.eval(), draft.eval()
-        run = _run_seqkd if cfg.engine == "seqkd" else _run_hf
+        run = _run_hf if cfg.engine == "hf" else _run_seqkd if cfg.batch_size == 1 else _run_seqkd_batched
         report = run(cfg, target, draft, prompt_ids, progress)
         target.train(was_training[0]), draft.train(was_training[1])
         report["params"] = {"target": t_params, "draft": d_params}
@@ -184,6 +184,58 @@ def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor],
             "speedup_over_baseline": {k: spread([x / c if c else 0.0 for x, c in zip(rates[k], common)])
                                       for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")},
         }
+    return out
+
+
+def _run_seqkd_batched(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor],
+                       progress: bool) -> dict[str, Any]:
+    """Batches of ``cfg.batch_size`` prompts, target-only and speculative interleaved batch by batch, over
+    ``cfg.passes`` passes. Acceptance counts are per row (as at batch size 1); ``c``, ``v`` and the rates are per
+    batched call (one call serves every row of the batch)."""
+    from seqkd.models import family
+    from seqkd.speculative import SpecStats
+    from seqkd.speculative.batch import autoregressive_generate_batch, speculative_generate_batch
+
+    if family(target) != "causal":
+        raise SeqkdError("--batch-size > 1 (batched speculation) is implemented for decoder-only models")
+    kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    batches = [prompts[i: i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
+    warm = prompts[: cfg.warmup]  # one untimed batch
+    if warm:
+        autoregressive_generate_batch(target, warm, **kw, seed=cfg.seed)
+        speculative_generate_batch(target, draft, warm, gamma=cfg.gamma, **kw, seed=cfg.seed)
+    base, rows, times = SpecStats(), SpecStats(), SpecStats()
+    same = 0
+    rates: dict[str, list[float]] = {"seqkd_target_only": [], "seqkd_speculative": []}
+    with _bar(len(batches) * cfg.passes, progress, "speculate (batched)") as bar:
+        for p in range(cfg.passes):
+            tokens, seconds = [0, 0], [0.0, 0.0]
+            for j, chunk in enumerate(batches):
+                b = autoregressive_generate_batch(target, chunk, **kw, seed=cfg.seed + j)
+                s = speculative_generate_batch(target, draft, chunk, gamma=cfg.gamma, lenience=cfg.lenience, **kw,
+                                               seed=cfg.seed + j)
+                for k, st in enumerate((b.stats, s.stats)):
+                    tokens[k] += st.generated
+                    seconds[k] += st.wall_seconds
+                if p == 0:
+                    base += b.stats
+                    times += s.stats
+                    for r in s.rows:
+                        rows += r
+                    same += sum(x == y for x, y in zip(b.new_tokens, s.new_tokens))
+                bar.update()
+                bar.set_postfix(accept=f"{rows.acceptance_rate:.2f}", tau=f"{rows.block_efficiency:.2f}")
+            rates["seqkd_target_only"].append(tokens[0] / seconds[0] if seconds[0] else 0.0)
+            rates["seqkd_speculative"].append(tokens[1] / seconds[1] if seconds[1] else 0.0)
+    out = rows.summary(baseline=base, gamma=cfg.gamma, times=times)
+    speedups = [s / b if b else 0.0 for s, b in zip(rates["seqkd_speculative"], rates["seqkd_target_only"])]
+    out.update(target_only_tokens_per_s=statistics.median(rates["seqkd_target_only"]),
+               speculative_tokens_per_s=statistics.median(rates["seqkd_speculative"]),
+               speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
+               tokens_per_s={k: spread(v) for k, v in rates.items()}, batch_size=cfg.batch_size,
+               target_step_seconds=base.target_step_seconds, identical_outputs=same / len(prompts),
+               batched_calls={"target_only": base.target_calls, "verification": times.target_calls,
+                              "draft": times.draft_steps})
     return out
 
 

@@ -34,9 +34,10 @@ def spec_counters(llm) -> dict[str, Any]:
 
 def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int,
                passes: int = 1) -> tuple[list[list[int]], int, list[float], dict]:
-    """Warm up on the first ``warmup`` prompts, then decode every prompt one at a time, ``passes`` times; returns the
-    first pass's outputs, its token count, the seconds of each pass, and vLLM's counters summed over the timed passes
-    only (the warm-up's drafts are not counted). Seeds repeat each pass, so every pass decodes the same tokens."""
+    """Warm up on the first ``warmup`` prompts, then decode the prompts ``cfg.batch_size`` per ``generate`` call (1:
+    one at a time), ``passes`` times; returns the first pass's outputs, its token count, the seconds of each pass,
+    and vLLM's counters summed over the timed passes only (the warm-up's drafts are not counted). Seeds repeat each
+    pass (prompt i: seed + i), so every pass decodes the same tokens."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -53,14 +54,18 @@ def _timed_run(engine, prompts: list[list[int]], cfg, warmup: int,
     outs, tokens, seconds = [], 0, []
     for k in range(passes):
         secs = 0.0
-        for i, p in enumerate(prompts):
+        size = cfg.batch_size
+        for start in range(0, len(prompts), size):
+            chunk = range(start, min(start + size, len(prompts)))
             t0 = time.perf_counter()
-            out = engine.llm.generate([TokensPrompt(prompt_token_ids=list(p))], params(i), use_tqdm=False)
+            out = engine.llm.generate([TokensPrompt(prompt_token_ids=list(prompts[i])) for i in chunk],
+                                      [params(i) for i in chunk], use_tqdm=False)
             secs += time.perf_counter() - t0
             if k == 0:
-                ids = list(out[0].outputs[0].token_ids)
-                outs.append(ids)
-                tokens += len(ids)
+                for o in out:
+                    ids = list(o.outputs[0].token_ids)
+                    outs.append(ids)
+                    tokens += len(ids)
         seconds.append(secs)
     after = spec_counters(engine.llm)
     counters = {k: (after[k] - before[k]) if k != "per_pos" else

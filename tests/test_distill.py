@@ -263,3 +263,24 @@ def test_onpolicy_targets_are_the_samples_exactly(tiny_lm_model, tmp_path, monke
         target = [int(x) for x in new["labels"][i] if x != IGNORE_INDEX]
         want = [7, pad, 8, eos] if i % 2 == 0 else [9, pad, 9, 9, 9, 9]
         assert target == want, (i, target)
+
+
+def test_onpolicy_temperature_zero_trains_on_the_students_greedy_outputs(tiny_lm_model, tmp_path):
+    """A draft used at temperature 0 is aligned on its greedy outputs: deterministic, equal to greedy generate."""
+    from seqkd.student.distill import distill_trainer
+    from seqkd.teacher.decoding import generate_ids, generation_config
+
+    train = _corpus(tiny_lm_model, tmp_path, n=4)
+    trainer, _ = distill_trainer(_cfg(tmp_path, tiny_lm_model, train, model="llama-tiny", onpolicy_lambda=1.0,
+                                      onpolicy_max_new_tokens=6, kd_weight=1.0, onpolicy_temperature=0.0))
+    batch = _first_batch(trainer)
+    a, b = (trainer.onpolicy_batch(trainer.model, batch) for _ in range(2))
+    assert torch.equal(a["labels"], b["labels"])
+    prompts = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["prompt_len"].tolist())]
+    greedy = generate_ids(trainer.model, trainer.fmt, prompts,
+                          generation_config(trainer.model, trainer.fmt, max_new_tokens=6), batch_size=len(prompts))
+    for i, hs in enumerate(greedy):
+        want = list(hs[0].ids) + ([trainer.fmt.eos_id] if hs[0].finished else [])
+        assert [int(x) for x in a["labels"][i] if x != IGNORE_INDEX] == want
+    with pytest.raises(SeqkdError, match="--onpolicy-temperature must be >= 0"):
+        _cfg(tmp_path, tiny_lm_model, train, model="llama-tiny", onpolicy_temperature=-1.0)

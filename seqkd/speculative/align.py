@@ -139,7 +139,8 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
 
     engine = get_engine("hf", cfg.target, prompt_format=cfg.prompt_format)
     settings = DecodeSettings(mode="sample", num_samples=1, temperature=cfg.temperature,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed) if cfg.temperature > 0 else \
+        DecodeSettings(mode="greedy", max_new_tokens=cfg.max_new_tokens)
     exs = [Example(id=i, source=s, target=None) for i, s in enumerate(prompts)]
     generate_corpus(engine, exs, work / "target_corpus", settings, chunk_size=512, progress=cfg.progress,
                     overwrite=cfg.overwrite)

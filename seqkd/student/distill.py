@@ -236,7 +236,8 @@ class DistillTrainer(SeqkdTrainer):
 
     @torch.no_grad()
     def onpolicy_batch(self, model, inputs: dict) -> dict:
-        """The batch's prompts with targets sampled from the student (KV cache, eval mode, no grad)."""
+        """The batch's prompts with targets sampled from the student (KV cache, eval mode, no grad); its greedy
+        outputs at ``onpolicy_temperature`` 0."""
         from seqkd.teacher.decoding import generate_ids, generation_config
 
         student = self.accelerator.unwrap_model(model)
@@ -244,8 +245,8 @@ class DistillTrainer(SeqkdTrainer):
         pl = inputs["prompt_len"].tolist()
         prompts = [row[:n].tolist() for row, n in zip(inputs["input_ids"], pl)]
         max_new = self.dcfg.onpolicy_max_new_tokens
-        gen = generation_config(student, self.fmt, do_sample=True, temperature=self.dcfg.onpolicy_temperature,
-                                max_new_tokens=max_new)
+        t = self.dcfg.onpolicy_temperature
+        gen = generation_config(student, self.fmt, do_sample=t > 0, temperature=t, max_new_tokens=max_new)
         hyps = generate_ids(student, self.fmt, prompts, gen, batch_size=len(prompts))
         student.train(was_training)
         examples = []

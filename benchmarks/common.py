@@ -258,12 +258,12 @@ _GIT = _git_state()  # at import, i.e. when the run starts: a commit made during
 
 
 def command(argv: list[str] | None = None) -> str:
-    """The command as typed, ``python benchmarks/X.py ARGS``, with absolute paths (``--x /abs`` and ``--x=/abs``)
-    written as :func:`rel` writes them. ``argv`` is ``sys.argv``-like: the script first."""
+    """The command as typed, ``python benchmarks/X.py ARGS``, with absolute paths (``--x /abs``, ``--x=/abs`` and
+    ``NAME=/abs``) written as :func:`rel` writes them. ``argv`` is ``sys.argv``-like: the script first."""
     argv = list(sys.argv if argv is None else argv)
     words = ["python", rel(argv[0]) if argv else "?"]
     for a in argv[1:]:
-        if a.startswith("-") and "=" in a:
+        if "=" in a and not a.startswith(("/", "~")):  # --x=/abs, or a NAME=/abs value (cpu_speed --model)
             key, val = a.split("=", 1)
             a = f"{key}={rel(val) if val.startswith(('/', '~')) else val}"
         elif a.startswith(("/", "~")):

@@ -139,7 +139,14 @@ def run_pass(a, engine: str, k: int) -> dict:
     return result
 
 
-def aggregate(passes: dict[str, list[dict]], refs: list[str], params: dict[str, dict]) -> dict:
+def val_bleu(model: Path) -> float | None:
+    """The validation BLEU a trained model was chosen by (its ``train_summary.json``), if it says."""
+    f = model / "train_summary.json"
+    return json.loads(f.read_text()).get("best_metric") if f.is_file() else None
+
+
+def aggregate(passes: dict[str, list[dict]], refs: list[str], params: dict[str, dict],
+              vals: dict[str, float | None]) -> dict:
     """Per model and engine: BLEU / chrF of the batch-64 outputs (pass 0; every pass decodes the same), and per
     setting the words/s of every pass with their median and range."""
     from seqkd.evaluate import score
@@ -147,7 +154,7 @@ def aggregate(passes: dict[str, list[dict]], refs: list[str], params: dict[str, 
     rows: dict = {}
     for engine, ps in passes.items():
         for name in ps[0]:
-            r = {"params": params[name], "quality": {}, "speed": {}}
+            r = {"params": params[name], "quality": {}, "speed": {}, "val_bleu": vals.get(name)}
             for beam in (1, 5):
                 s = score(ps[0][name]["runs"][f"b64-beam{beam}"]["texts"], refs)
                 r["quality"][f"beam{beam}"] = {"bleu": s.bleu, "chrf": s.chrf, "bleu_signature": s.bleu_signature}
@@ -160,12 +167,17 @@ def aggregate(passes: dict[str, list[dict]], refs: list[str], params: dict[str, 
 
 
 def verdicts(rows: dict, teacher: str) -> list[str]:
-    """Issue 13's targets for the best student (highest greedy BLEU in the engine that decodes it fastest)."""
+    """Issue 13's targets for the best student: chosen on validation BLEU (its training run's best, from
+    ``train_summary.json``; the test set only reports), else on test greedy BLEU where no summary says."""
     students = [n for n in rows if n != teacher]
     if not students:
         return ["(no student measured)"]
     t = rows[teacher]
-    best = max(students, key=lambda n: rows[n]["hf"]["quality"]["beam1"]["bleu"])
+    val = {n: rows[n]["hf"].get("val_bleu") for n in students}
+    if all(v is not None for v in val.values()):
+        best = max(students, key=lambda n: val[n])
+    else:
+        best = max(students, key=lambda n: rows[n]["hf"]["quality"]["beam1"]["bleu"])
     b = rows[best]
     out = []
     for n, tag in (("baseline", "baseline"),):
@@ -268,7 +280,7 @@ def main(argv=None) -> None:
               "test": [common.rel(f) for f in files], "sentences": len(refs), "batch1_limit": a.batch1_limit,
               "passes": a.passes, "threads": a.threads or len(os.sched_getaffinity(0)),
               "machine_short": machine["cpu"]["model"], "minutes": (time.perf_counter() - t0) / 60,
-              "rows": aggregate(passes, refs, params)}
+              "rows": aggregate(passes, refs, params, {n: val_bleu(m) for n, m in ms.items()})}
     paths = common.write_results(a.name, result, render(result), plot=lambda p: plot(result, p))
     print(paths["md"].read_text())
 

@@ -208,26 +208,29 @@ def write(result: dict, args, seconds: float) -> None:
 
 
 def verdicts(rows: dict, test: str) -> list[str]:
-    """Issue 13's quality targets on ``test``, each with the numbers it rests on."""
+    """Issue 13's quality targets on ``test``, each with the numbers it rests on. The best student is chosen on
+    validation BLEU (the test set only reports)."""
     bleu = {n: {s["beam"]: s["bleu"] for s in r["scores"] if s["test"] == test} for n, r in rows.items()}
     distilled = [n for n in rows if n not in ("teacher", "baseline")]
     if "baseline" not in bleu or not distilled:
         return ["Verdicts need the baseline and at least one distilled student."]
-    best = max(distilled, key=lambda n: bleu[n][1])
+    best = max(distilled, key=lambda n: rows[n]["val_bleu"])
     gain = bleu[best][1] - bleu["baseline"][1]
     over_beam = bleu[best][1] - bleu["baseline"][5]
-    gap = bleu["teacher"][5] - max(bleu[n][1] for n in rows if n != "teacher")
+    top = max((n for n in rows if n != "teacher"), key=lambda n: rows[n]["val_bleu"])
+    gap = bleu["teacher"][5] - bleu[top][1]
 
     def verdict(ok: bool, margin: float) -> str:
         near = " (within 0.3 BLEU of the threshold: a re-run could flip it)" if abs(margin) < 0.3 else ""
         return f"**{'met' if ok else 'missed'}**{near}"
 
     return [
-        f"- Best distilled student greedy ({best}, {bleu[best][1]:.2f}) vs the baseline greedy "
+        f"- Best distilled student (on val) greedy ({best}, {bleu[best][1]:.2f}) vs the baseline greedy "
         f"({bleu['baseline'][1]:.2f}): {gain:+.2f} BLEU; target >= +2: {verdict(gain >= 2, gain - 2)}.",
         f"- Best distilled greedy vs the baseline's beam 5 ({bleu['baseline'][5]:.2f}): {over_beam:+.2f}; "
         f"target >= 0: {verdict(over_beam >= 0, over_beam)}.",
-        f"- Best student greedy within 1.5 BLEU of the teacher's beam 5 ({bleu['teacher'][5]:.2f}): gap {gap:.2f}; "
+        f"- Best student (on val: {top}) greedy within 1.5 BLEU of the teacher's beam 5 ({bleu['teacher'][5]:.2f}): "
+        f"gap {gap:.2f}; "
         f"{verdict(gap <= 1.5, gap - 1.5)}.",
     ]
 

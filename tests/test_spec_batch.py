@@ -86,3 +86,18 @@ def test_cli_batched_speculation(tiny_lm_model, tmp_path, capsys):
     for extra in (["--engine", "hf"], ["--compare-hf"], ["--adaptive-gamma"]):
         assert main([*base, "--batch-size", "2", *extra]) == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_batched_greedy_with_a_pruned_draft_is_exact(lm):
+    from seqkd.models.draft_vocab import prune_output_layer
+
+    target, drafts = lm
+    vocab = target.config.vocab_size
+    import copy
+
+    pruned = copy.deepcopy(drafts["noisy"])
+    prune_output_layer(pruned, [3] + list(range(4, vocab, 3)))
+    prompts = _prompts(5, vocab, seed=31, lo=2, hi=10)
+    out = speculative_generate_batch(target, pruned, prompts, gamma=3, temperature=0, max_new_tokens=20)
+    assert out.new_tokens == [_hf_greedy(target, ids, 20) for ids in prompts]
+    assert sum(r.accepted for r in out.rows) > 0

@@ -73,7 +73,7 @@ def test_set(a) -> tuple[list[str], list[str], list[str]]:
     from seqkd.data.files import read_lines
     from seqkd.data.registry import parallel_files
 
-    files = a.test or [str(f) for f in parallel_files("multi30k:de-en", "test_2016_flickr")]
+    files = [str(Path(f).resolve()) for f in a.test or parallel_files("multi30k:de-en", "test_2016_flickr")]
     return read_lines(files[0], keep_empty=True)[0], read_lines(files[1], keep_empty=True)[0], files
 
 

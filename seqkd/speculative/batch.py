@@ -22,7 +22,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from seqkd.models.draft_vocab import expand_logits
 from seqkd.speculative.acceptance import greedy_accept, sample_accept
 from seqkd.speculative.decoder import _check_inputs, _sync, eos_ids, processed_probs
 from seqkd.speculative.metrics import SpecStats, acceptance_probability
@@ -49,6 +48,9 @@ class BatchStepper:
         self.device = next(model.parameters()).device
         self.cache = DynamicCache()
         self.seen = 0  # columns already in the cache
+        from seqkd.models.draft_vocab import expand_logits
+
+        self.expand = expand_logits
         self.vocab_map = getattr(model, "seqkd_vocab_map", None)
         self.vocab_size = model.config.get_text_config().vocab_size
 
@@ -63,7 +65,7 @@ class BatchStepper:
         self.seen = seq.shape[1]
         logits = out.logits[:, -keep:]  # [B, keep, V or K]
         if self.vocab_map is not None:  # a draft with a pruned output layer: q = 0 outside its rows
-            logits = expand_logits(logits, self.vocab_map, self.vocab_size)
+            logits = self.expand(logits, self.vocab_map, self.vocab_size)
         return logits
 
 

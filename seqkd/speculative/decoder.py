@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seqkd.models.draft_vocab import expand_logits
 from seqkd.speculative.acceptance import greedy_accept, sample_accept
 from seqkd.speculative.metrics import SpecStats, acceptance_probability
 
@@ -64,6 +63,9 @@ class Stepper:
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         # a draft with a pruned output layer (seqkd.models.draft_vocab) scores K tokens: spread them over the target's
         # vocabulary, -inf elsewhere, so the rule sees q = 0 there (never drafted; the residual covers them)
+        from seqkd.models.draft_vocab import expand_logits
+
+        self.expand = expand_logits
         self.vocab_map = getattr(model, "seqkd_vocab_map", None)
         self.vocab_size = model.config.get_text_config().vocab_size
         if self.enc_dec:
@@ -94,7 +96,7 @@ class Stepper:
             out = self.model(input_ids=new, past_key_values=self.cache, use_cache=True)
         logits = out.logits[0, -keep:]
         if self.vocab_map is not None:
-            logits = expand_logits(logits, self.vocab_map, self.vocab_size)  # [keep, K] -> [keep, V]
+            logits = self.expand(logits, self.vocab_map, self.vocab_size)  # [keep, K] -> [keep, V]
         return logits
 
     def crop(self, length: int) -> None:

@@ -417,8 +417,9 @@ def test_topk_bucket_needs_temperature_one():
 
 # ------------------------------------------------------------------------------------- chunked / fused
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-12},
-       # float32: chunks change only summation order (the weight gradient is a sum over chunks).
-       torch.float32: {"rtol": 2e-5, "atol": 2e-6}}
+       # float32: chunks change only summation order (the weight gradient is a sum over chunks); how much that
+       # moves a gradient depends on the CPU's matmul kernels (4e-6 measured on an AMD EPYC, < 2e-6 on Intel).
+       torch.float32: {"rtol": 1e-4, "atol": 1e-5}}
 EQUIV_CASES = [("forward_kl", {}), ("reverse_kl", {}), ("jsd", {"beta": 0.3}), ("tvd", {}), ("skew_kl", {}),
                ("skew_reverse_kl", {"alpha": 0.2})]
 

@@ -359,6 +359,13 @@ def pyplot():
     return plt
 
 
+def test_sets(given: list | None, dataset: str = "multi30k:de-en", split: str = "test_2016_flickr") -> list[tuple]:
+    """``--test SRC REF`` pairs as given, else the dataset's default test split: ``[(src, ref), ...]``."""
+    from seqkd.data.registry import parallel_files
+
+    return [tuple(t) for t in given] if given else [tuple(map(str, parallel_files(dataset, split)))]
+
+
 # ------------------------------------------------------------------------------------------- statistics
 def summary(values: Iterable[float]) -> dict:
     """``{"median", "min", "max", "n"}`` of repeated measurements (the median of an even count is the mean of the

@@ -130,14 +130,12 @@ def main(argv=None) -> None:
     import torch
     from teacher_multi30k import score_model
 
-    from seqkd.data.registry import parallel_files
     from seqkd.models import count_non_embedding, count_parameters, load_model
 
     args = parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
-    tests = [tuple(t) for t in args.test] if args.test else [tuple(map(str, parallel_files("multi30k:de-en",
-                                                                                             "test_2016_flickr")))]
+    tests = common.test_sets(args.test)
     if not Path(args.teacher).is_dir():
         sys.exit(f"{args.teacher} is missing: run benchmarks/teacher_multi30k.py --families marian first")
     result = {"benchmark": args.name, "machine": common.machine_line(gpu=args.device == "cuda"),

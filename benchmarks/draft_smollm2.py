@@ -18,7 +18,8 @@ e.g. to make the corpus and train on a GPU and measure on the CPU):
 5. ``vocab``: each aligned draft's output layer pruned to the ``--vocab-top`` most frequent corpus tokens.
 6. ``measure``: on the test prompts, ``--passes`` interleaved passes after a warm-up: target-only vs seqkd's decoder
    for every draft x gamma at its temperature; HF assisted generation and vLLM with the full-vocabulary aligned
-   T=0 draft at the best gamma (vLLM and HF cannot use a pruned draft); batched (``--batch-sizes``) seqkd and vLLM.
+   T=0 draft at the best gamma (vLLM and HF cannot use a pruned draft); batched (``--batch-sizes``) seqkd and vLLM;
+   the pruned aligned drafts in int8 (``--quantize draft``: an int8 draft with the float32 target).
 
     python benchmarks/draft_smollm2.py                          # everything (hours on 2 CPU cores)
     python benchmarks/draft_smollm2.py --until align --device cuda   # corpus, sweep and training on a GPU
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--vocab-top", type=int, default=8192)
     p.add_argument("--gammas", type=int, nargs="+", default=[2, 3, 4, 6])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
+    p.add_argument("--quantize", nargs="*", default=["draft"], choices=["draft"],
+                   help="int8 variants measured with the pruned aligned drafts at every gamma: draft (int8 draft, "
+                        "float32 target; an int8 target is not offered: see seqkd.models.quantize)")
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--until", choices=STAGES, default="measure", help="stop after this stage")
@@ -100,14 +104,17 @@ def make_corpus(target: Path, train_file: Path) -> dict:
 
 def speculate_row(target: Path, draft: Path, prompts: Path, *, gamma: int, temperature: float, passes: int,
                   engine: str = "seqkd", batch_size: int = 1, max_new_tokens: int = 64,
-                  compare_hf: bool = False) -> dict:
+                  compare_hf: bool = False, quantize: str = "none") -> dict:
+    """One ``seqkd speculate`` measurement; ``quantize``: none or draft (an int8 draft)."""
     from seqkd.speculative.runners import SpeculateConfig, speculate
 
     cfg = SpeculateConfig(target=str(target), draft=str(draft), input=str(prompts), gamma=gamma,
                           temperature=temperature, max_new_tokens=max_new_tokens, engine=engine, warmup=2,
-                          prompt_format="chat", passes=passes, batch_size=batch_size, compare_hf=compare_hf)
+                          prompt_format="chat", passes=passes, batch_size=batch_size, compare_hf=compare_hf,
+                          draft_quantize="none" if quantize == "none" else "int8")
     r = speculate(cfg, progress=False)
-    keep = ("per_position_acceptance", "speedup_spread", "tokens_per_s", "batched_calls", "comparison")
+    keep = ("per_position_acceptance", "speedup_spread", "tokens_per_s", "batched_calls", "comparison", "time_shares",
+            "quantization")
     return {k: v for k, v in r.items() if not isinstance(v, (list, dict)) or k in keep}
 
 
@@ -230,6 +237,17 @@ def main(argv=None) -> None:
                 print(f"{name:24s} T={t:g} g={g}: alpha {r['verified_acceptance_rate']:.3f} tau "
                       f"{r['block_efficiency']:.2f} c {r['cost_ratio']:.3f} v {r['verification_cost']:.2f} "
                       f"speedup {r['speedup']:.2f}x", flush=True)
+    for q in a.quantize:
+        for name in ("aligned T=0", "aligned T=1"):
+            d, t = drafts[f"{name}, vocab {a.vocab_top}"]
+            for g in a.gammas:
+                r = cache(f"seqkd-{d.name}-T{t:g}-g{g}-int8{q}", lambda: speculate_row(
+                    target, d, files["test"], gamma=g, temperature=t, passes=a.passes,
+                    max_new_tokens=a.max_new_tokens, quantize=q))
+                label = f"{name}, vocab {a.vocab_top}, int8 draft"
+                rows.append({**r, "draft": label, "engine": "seqkd", "batch_size": 1})
+                print(f"{label:40s} T={t:g} g={g}: alpha {r['verified_acceptance_rate']:.3f} c "
+                      f"{r['cost_ratio']:.3f} v {r['verification_cost']:.2f} speedup {r['speedup']:.2f}x", flush=True)
     greedy = [r for r in rows if r["temperature"] == 0 and r["draft"] == "aligned T=0"]
     g_best = max(greedy, key=lambda r: r["speedup"])["gamma"]
     d0 = drafts["aligned T=0"][0]
@@ -256,6 +274,11 @@ def main(argv=None) -> None:
                 align={n: json.loads((drafts[n][0] / "align.json").read_text())["after"]
                        for n in ("aligned T=0", "aligned T=1")})
     write(rows, meta, a)
+
+
+def _shares(r: dict) -> str:
+    sh = r.get("time_shares") or {}
+    return " / ".join(f"{sh[k]:.0%}" for k in ("draft", "target", "decoder")) if sh.get("draft") is not None else "-"
 
 
 def _sp(r: dict) -> str:
@@ -318,15 +341,15 @@ def write(rows: list[dict], meta: dict, a) -> None:
         lines.append(f"| {r['layers']} | {r['verified_acceptance_rate']:.3f} | {r['block_efficiency']:.2f} | "
                      f"{r['cost_ratio']:.3f} | {r['verification_cost']:.2f} | {r['speedup']:.2f}× |")
     lines += ["", "## seqkd's decoder, batch 1 (test)", "",
-              "| draft | T | γ | per-token α | τ | c | v | bound | predicted | measured speedup | tok/s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| draft | T | γ | per-token α | τ | c | v | bound | predicted | measured speedup | tok/s | "
+              "time: draft / target / decoder |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r["engine"] == "seqkd" and r["batch_size"] == 1:
             lines.append(f"| {r['draft']} | {r['temperature']:g} | {r['gamma']} | "
                          f"{r['verified_acceptance_rate']:.3f} | {r['block_efficiency']:.2f} | "
                          f"{r['cost_ratio']:.3f} | {r['verification_cost']:.2f} | "
                          f"{r['leviathan_bound']:.2f}× | {r['predicted_speedup']:.2f}× | {_sp(r)} | "
-                         f"{r['speculative_tokens_per_s']:.1f} |")
+                         f"{r['speculative_tokens_per_s']:.1f} | {_shares(r)} |")
     lines += ["", "## Engines and batch sizes (aligned T=0 draft, full vocabulary, greedy)", "",
               "| engine | batch | γ | speedup over its own target-only | speculative tok/s |",
               "|---|---:|---:|---:|---:|"]

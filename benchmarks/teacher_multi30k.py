@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--train-only", action="store_true",
                    help="train and stop (e.g. on a GPU); a later --reuse run scores the models where they are used")
     p.add_argument("--note", default="", help="a remark stored with the results (e.g. the card used)")
+    p.add_argument("--seed", type=int, default=0, help="training seed; another seed trains another teacher, kept as "
+                                                       "multi30k-de-en-FAMILY-teacher-seedN (ensembles, issue 16)")
     return p.parse_args(argv)
 
 
@@ -54,7 +56,7 @@ def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
     from seqkd.student.train import train
     from seqkd.student.trainer import latest_checkpoint
 
-    out = Path(args.models_dir) / f"multi30k-de-en-{family}-teacher"
+    out = Path(args.models_dir) / (f"multi30k-de-en-{family}-teacher" + (f"-seed{args.seed}" if args.seed else ""))
     summary_file = out / "train_summary.json"
     if args.reuse and summary_file.exists():
         return out, json.loads(summary_file.read_text())
@@ -63,7 +65,8 @@ def train_family(args, family: str, tok_dir: Path) -> tuple[Path, dict]:
         out=str(out), model=f"{family}-teacher", data="multi30k:de-en", tokenizer=str(tok_dir),
         max_steps=args.max_steps, max_minutes=args.max_minutes, max_tokens=args.max_tokens, lr=args.lr,
         warmup_steps=args.warmup_steps, eval_steps=args.eval_steps, bleu_samples=500, logging_steps=100,
-        label_smoothing=0.1, patience=args.patience, save_total_limit=1, resume=resume, overwrite=not resume, seed=0,
+        label_smoothing=0.1, patience=args.patience, save_total_limit=1, resume=resume, overwrite=not resume,
+        seed=args.seed,
     )
     summary = train(cfg)
     return out, summary
@@ -94,14 +97,13 @@ def score_model(model_dir: Path, tests: list[tuple[str, str]], batch_size: int, 
 
 
 def main(argv=None) -> None:
-    from seqkd.data.registry import load_parallel, parallel_files
+    from seqkd.data.registry import load_parallel
     from seqkd.models import count_parameters, load_model
     from seqkd.models.tokenizer import load_tokenizers, train_translation_tokenizers
 
     args = parse_args(argv)
     t0 = time.perf_counter()
-    tests = [tuple(t) for t in args.test] if args.test else [tuple(map(str, parallel_files("multi30k:de-en",
-                                                                                             "test_2016_flickr")))]
+    tests = common.test_sets(args.test)
     tok_dir = Path(args.models_dir) / "multi30k-de-en-tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         src, tgt = load_parallel("multi30k:de-en", "train")
@@ -176,7 +178,8 @@ def write(result: dict, args, seconds: float) -> None:
         cmd = (f"python benchmarks/teacher_multi30k.py --families {fam} --max-steps {st['max_steps']} "
                f"--max-minutes {st['max_minutes']:g} "
                f"--lr {st['lr']:g} --warmup-steps {st['warmup_steps']} --eval-steps {st['eval_steps']} "
-               f"--max-tokens {st['max_tokens']}" + (f" --patience {st['patience']}" if st.get("patience") else ""))
+               f"--max-tokens {st['max_tokens']}" + (f" --patience {st['patience']}" if st.get("patience") else "")
+               + (f" --seed {st['seed']} --name {args.name}" if st.get("seed") else ""))
         note = f" — {r['note']}" if r.get("note") else ""
         lines.append(f"- {fam}: `{cmd}` ({r['train_minutes']:.0f} min training){note}")
     common.write_results(args.name, result, "\n".join(lines), results_dir=args.results)

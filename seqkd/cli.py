@@ -188,6 +188,8 @@ def _engine_options(a: C.GenerateConfig) -> dict:
         opts["dtype"] = a.dtype
     if a.engine == "hf":
         opts.update(device=a.device, batch_size=a.batch_size)
+        if len(a.teacher) > 1:
+            opts.update(ensemble=a.teacher[1:], teacher_weights=a.weights(), ensemble_mode=a.ensemble)
     else:
         opts.update(tensor_parallel_size=a.tensor_parallel_size, engine_args=a.engine_args())
     return opts
@@ -201,7 +203,7 @@ def cmd_generate(a: C.GenerateConfig, settings: C.DecodeSettings, argv) -> None:
     if not examples:
         raise SeqkdError(f"nothing to decode: {a.input or a.data} has no non-empty lines")
     check_corpus_dir(a.out)
-    engine = get_engine(a.engine, a.teacher, **_engine_options(a))
+    engine = get_engine(a.engine, a.teacher[0], **_engine_options(a))
     try:
         summary = generate_corpus(engine, examples, a.out, settings, shard=a.shard, chunk_size=a.chunk_size,
                                   overwrite=a.overwrite, progress=True, input_path=path, merge=not a.no_merge,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,7 @@ Divergence = Literal["forward_kl", "reverse_kl", "jsd", "interpolated_jsd", "tvd
 LossImpl = Literal["auto", "plain", "chunked", "fused"]
 DecodeMode = Literal["beam", "sample", "greedy"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "int8"]
 
 PROMPT_FORMATS: tuple[str, ...] = typing.get_args(PromptFormat)
 # Sources are cut to this many tokens before the prompt wrapping, in training and every decoding path alike.
@@ -232,9 +234,13 @@ class DistillConfig(TrainConfig):
     optionally, top-k log-probs: sequence-level KD) or any parallel corpus (references: word-level KD / baseline).
     """
 
-    teacher: str | None = _help(
+    teacher: list[str] | None = _help(
         "Teacher model directory. Its tokenizer is the student's (they must share one); with --kd-mode online "
-        "or on-policy batches the teacher also runs (no_grad) on every batch.", default=None)
+        "or on-policy batches the teacher also runs (no_grad) on every batch. Repeat it for multi-teacher KD "
+        "(--kd-mode online): the target is the weighted mixture of the teachers' distributions.", default=None,
+        action="append")
+    teacher_weights: str | None = _help("Multi-teacher KD: one weight per --teacher, comma-separated (normalised to "
+                                        "sum 1); default equal weights.", default=None)
     kd_mode: KDMode = _help(
         "Token-level KD: 'online' (the teacher's logits on the same batch), 'offline' (the top-k log-probs "
         "stored in a `seqkd select` file; no teacher in memory) or 'none' (CE only: pure seq-KD or the baseline).",
@@ -275,11 +281,37 @@ class DistillConfig(TrainConfig):
     init_from_teacher: bool = _help(
         "Initialise a preset student from the teacher: embeddings, output layer, final norms and every k-th layer "
         "(shapes must match).", default=False)
+    hidden_loss: Literal["none", "mse", "cosine"] = _help(
+        "Internals transfer: match mapped layers' hidden states (MSE or 1 - cosine; a learned projection where the "
+        "widths differ, saved beside the student). Needs --kd-mode online with one teacher.", default="none")
+    hidden_weight: float = _help("Weight of the hidden-state loss (a mean per target token).", default=1.0)
+    attention_loss: Literal["none", "kl", "value_relation"] = _help(
+        "Internals transfer: match mapped layers' self-attention distributions (kl; eager attention) or MiniLM's "
+        "value relations (value_relation). Needs --kd-mode online with one teacher.", default="none")
+    attention_weight: float = _help("Weight of the attention loss (a mean per target token).", default=1.0)
+    layer_map: str = _help("Student -> teacher layers for internals transfer: uniform (student layer i to teacher "
+                           "layer (i+1) L_t / L_s - 1, per stack) or pairs such as enc.0:1,enc.3:2,dec.0:2.",
+                           default="uniform")
+    relation_heads: int = _help("value_relation: relation heads (0 = the teacher's attention heads).", default=0)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.teacher is None:
+        self.teacher = _teacher_list(self.teacher)
+        if not self.teacher:
             raise SeqkdError("--teacher is required (the student uses the teacher's tokenizer)")
+        if (self.hidden_loss != "none" or self.attention_loss != "none") and (
+                self.kd_mode != "online" or len(self.teacher) > 1):
+            raise SeqkdError("internals transfer (--hidden-loss / --attention-loss) runs the teacher on every batch: "
+                             "use --kd-mode online with one --teacher")
+        _at_least(self, 0, "hidden_weight", "attention_weight", "relation_heads")
+        if not re.fullmatch(r"uniform|((enc|dec)\.)?\d+:\d+(,((enc|dec)\.)?\d+:\d+)*", self.layer_map.replace(" ", "")):
+            raise SeqkdError(f"--layer-map {self.layer_map!r}: give uniform or student:teacher pairs such as "
+                             "enc.0:1,dec.0:2 (decoder-only: 0:3,1:7)")
+        if len(self.teacher) > 1 and self.kd_mode != "online":
+            raise SeqkdError("several --teacher are mixed online (--kd-mode online); for --kd-mode offline, store the "
+                             "ensemble's top-k in the corpus (seqkd generate --teacher A --teacher B --ensemble prob) "
+                             "and give one --teacher")
+        self.weights()
         _in_unit(self, "kd_weight", "jsd_beta", "skew_alpha", "onpolicy_lambda")
         _positive(self, "kd_temperature")
         _at_least(self, 0, "onpolicy_temperature")
@@ -298,6 +330,10 @@ class DistillConfig(TrainConfig):
         if self.kd_mode == "offline" and self.loss_impl == "fused":
             raise SeqkdError("--loss-impl fused needs the teacher's full distribution: use --kd-mode online, or "
                              "--loss-impl chunked with stored top-k")
+
+    def weights(self) -> list[float] | None:
+        """``--teacher-weights`` as numbers (None: equal weights); one line when they do not fit the teachers."""
+        return _teacher_weights(self.teacher, self.teacher_weights)
 
 
 # --- teacher decoding ------------------------------------------------------------------------------------------------
@@ -367,12 +403,38 @@ class DecodeSettings:
         return dataclasses.asdict(self)
 
 
+def _teacher_list(teacher) -> list[str]:
+    """``--teacher A --teacher B`` arrives as ``[[A], [B]]``, a config file gives ``[A, B]`` and the Python API may
+    give one directory as a string: always a flat list."""
+    items = [teacher] if isinstance(teacher, str) else teacher or []
+    return [x for item in items for x in ([item] if isinstance(item, str) else item)]
+
+
+def _teacher_weights(teachers: list[str], text: str | None) -> list[float] | None:
+    """``--teacher-weights`` as numbers (None: equal weights); one line when they do not fit the teachers."""
+    if text is None:
+        return None
+    if len(teachers) == 1:
+        raise SeqkdError("--teacher-weights needs several --teacher")
+    try:
+        w = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SeqkdError(f"--teacher-weights takes numbers separated by commas, got {text!r}") from None
+    if len(w) != len(teachers) or any(not x >= 0 for x in w) or sum(w) <= 0:
+        raise SeqkdError(f"--teacher-weights {text}: give {len(teachers)} weights >= 0 (one per --teacher) with a "
+                         "positive sum")
+    return w
+
+
 @dataclass
 class GenerateConfig:
     """``seqkd generate``: where the teacher and the sources are, which engine, where the corpus goes (the decoding
     itself is a :class:`DecodeSettings`)."""
 
-    teacher: str = _help("teacher model directory (model + tokenizer)")
+    teacher: list[str] = _help(
+        "teacher model directory (model + tokenizer); repeat it for an ensemble of teachers that share a tokenizer "
+        "(--engine hf: every step decodes from the teachers' weighted mean, see --ensemble; vLLM cannot ensemble "
+        "per step)", action="append")
     out: str = _help("corpus directory (manifest, shards, corpus.jsonl)")
     input: str | None = _help("source file (with --target, or .tsv/.jsonl: a parallel corpus) or prompt file",
                               default=None)
@@ -400,11 +462,24 @@ class GenerateConfig:
     engine_arg: list[str] = _help(
         "vllm engine: any vllm.LLM argument as KEY=VALUE (VALUE parsed as JSON if it can be), repeatable",
         default_factory=list, action="append")
+    teacher_weights: str | None = _help("ensemble: one weight per --teacher, comma-separated (e.g. 0.7,0.3; "
+                                        "normalised to sum 1); default equal weights", default=None)
+    ensemble: Literal["logprob", "prob"] = _help(
+        "ensemble: per step, the weighted mean of the teachers' log-probabilities (logprob, renormalised: a "
+        "geometric mean, as MT ensembles decode) or of their probabilities (prob: a mixture)", default="logprob")
 
     def __post_init__(self) -> None:
-        # --engine-arg a=1 --engine-arg b=2 arrives as [[a=1], [b=2]]; a config file gives a flat list
+        # --engine-arg a=1 --engine-arg b=2 arrives as [[a=1], [b=2]]; a config file gives a flat list (and
+        # --teacher alike; the Python API may give one directory as a string)
         self.engine_arg = [x for item in self.engine_arg for x in ([item] if isinstance(item, str) else item)]
+        self.teacher = _teacher_list(self.teacher)
         check_choices(self)
+        if not self.teacher:
+            raise SeqkdError("give the teacher: --teacher DIR (repeat it for an ensemble)")
+        if len(self.teacher) > 1 and self.engine != "hf":
+            raise SeqkdError("an ensemble of teachers (--teacher given more than once) decodes with --engine hf: vLLM "
+                             "cannot mix several models' distributions at every step")
+        self.weights()
         if bool(self.data) == bool(self.input):
             raise SeqkdError("give either --input FILE or --data NAME (a registered dataset, e.g. multi30k:de-en)")
         _at_least(self, 1, "limit", "chunk_size", "max_source_len", "batch_size", "tensor_parallel_size")
@@ -416,6 +491,10 @@ class GenerateConfig:
             key, sep, _ = kv.partition("=")
             if not sep or not key:
                 raise SeqkdError(f"--engine-arg takes KEY=VALUE, got {kv!r}")
+
+    def weights(self) -> list[float] | None:
+        """``--teacher-weights`` as numbers (None: equal weights); one line when they do not fit the teachers."""
+        return _teacher_weights(self.teacher, self.teacher_weights)
 
     def engine_args(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -630,6 +709,9 @@ class SpeculateConfig:
     batch_size: int = _help(
         "Prompts decoded together: seqkd engine, decoder-only (batched speculation, each row exact; target-only "
         "batched alike), or vllm (prompts per generate call). 1 = one prompt at a time (latency).", default=1)
+    draft_quantize: Quantization = _help(
+        "int8: the draft's linear layers as int8 dynamically quantized products (CPU, float32 models; seqkd and hf "
+        "engines). Decoding stays exact: only the target defines the output.", default="none")
     out: str | None = _help("Write the report (JSON) here.", default=None)
 
     def __post_init__(self) -> None:
@@ -653,6 +735,13 @@ class SpeculateConfig:
         if self.lenience < 1 and self.temperature == 0:
             raise SeqkdError("--lenience applies to sampling (--temperature > 0): greedy acceptance is exact agreement "
                              "with the target's argmax")
+        if self.draft_quantize == "int8":
+            if self.engine == "vllm":
+                raise SeqkdError("--draft-quantize int8 quantizes a model seqkd loads: use --engine seqkd or hf (vLLM "
+                                 "loads its own models; give it a quantized checkpoint instead)")
+            if self.device != "cpu" or self.dtype != "float32":
+                raise SeqkdError("--draft-quantize int8 runs on --device cpu from --dtype float32 models, got "
+                                 f"--device {self.device} --dtype {self.dtype}")
 
 
 @dataclass

@@ -94,6 +94,10 @@ def test_cost_ratio_is_leviathans_draft_step_over_a_target_only_step():
     summary = spec.summary(baseline=base)
     assert summary["cost_ratio"] == pytest.approx(0.2) and summary["block_efficiency"] == pytest.approx(3.0)
     assert spec.summary()["cost_ratio"] is None  # no target-only run: no c (it is not defined without one)
+    spec.wall_seconds = 3.0  # draft 0.8 s, target 1.89 s: the decoder's own work is the remaining 0.31 s
+    shares = spec.summary(baseline=base)["time_shares"]
+    assert shares == pytest.approx({"draft": 0.8 / 3, "target": 1.89 / 3, "decoder": 0.31 / 3})
+    assert SpecStats().time_shares == {"draft": None, "target": None, "decoder": None}
 
 
 def test_speculate_reports_c_v_and_the_prediction(tiny_lm_model, tmp_path):
@@ -107,6 +111,7 @@ def test_speculate_reports_c_v_and_the_prediction(tiny_lm_model, tmp_path):
     assert r["predicted_speedup"] == pytest.approx(
         r["block_efficiency"] / (r["drafted"] / r["target_calls"] * r["cost_ratio"] + r["verification_cost"]))
     assert r["emitted"] == r["generated"]
+    assert all(0 < r["time_shares"][k] < 1 for k in ("draft", "target", "decoder"))
 
 
 def test_lenience_needs_sampling():

@@ -184,6 +184,15 @@ class SpecStats:
     def tokens_per_s(self) -> float:
         return self.generated / self.wall_seconds if self.wall_seconds else 0.0
 
+    @property
+    def time_shares(self) -> dict[str, float | None]:
+        """Where the wall time went: the draft's forward calls, the target's (prefills included), and the rest, the
+        decoder's own work between forwards (sampling, the acceptance rule, cache crops, bookkeeping)."""
+        if not self.wall_seconds:
+            return {"draft": None, "target": None, "decoder": None}
+        d, t = self.draft_seconds / self.wall_seconds, self.target_seconds / self.wall_seconds
+        return {"draft": d, "target": t, "decoder": 1.0 - d - t}
+
     def summary(self, baseline: SpecStats | None = None, gamma: int | None = None,
                 times: SpecStats | None = None) -> dict:
         """Every counter and derived number; the costs (``c``, ``v``, bound, prediction) where ``baseline`` (the
@@ -194,7 +203,7 @@ class SpecStats:
                  block_efficiency=self.block_efficiency,
                  per_position_acceptance=self.per_position_acceptance, analytic_acceptance=self.analytic_acceptance,
                  tokens_per_s=t.tokens_per_s, draft_step_seconds=t.draft_step_seconds,
-                 verification_seconds=t.target_step_seconds)
+                 verification_seconds=t.target_step_seconds, time_shares=t.time_shares)
         d.update(self.costs(baseline, gamma, times) if baseline is not None else
                  {"cost_ratio": None, "verification_cost": None, "leviathan_bound": None, "predicted_speedup": None})
         return d

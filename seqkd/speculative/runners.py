@@ -98,6 +98,10 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
             target, draft = _load(cfg.target, cfg), _load(cfg.draft, cfg)
         # frozen parameters count too: a target held by a training job has requires_grad off
         t_params, d_params = (count_parameters(m, trainable_only=False) for m in (target, draft))
+        if cfg.draft_quantize != "none":  # a copy: a caller's draft stays as it is
+            from seqkd.models.quantize import maybe_quantize
+
+            draft = maybe_quantize(draft, cfg.draft_quantize)
         family = "seq2seq" if target.config.is_encoder_decoder else "causal"
         if bool(draft.config.is_encoder_decoder) != (family == "seq2seq"):
             raise SeqkdError("target and draft must be of the same family (both decoder-only or both encoder-decoder)")
@@ -114,7 +118,8 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
                         d_params, t_params, report.get("cost_ratio"))
     report.update(engine=cfg.engine, target=cfg.target, draft=cfg.draft, prompts=len(texts), gamma=cfg.gamma,
                   temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                  adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience)
+                  adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience,
+                  draft_quantize=cfg.draft_quantize)
     if cfg.out:
         atomic_write_json(cfg.out, report)
     return report

@@ -19,8 +19,9 @@ output layer of its hidden states too).
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -188,6 +189,20 @@ class DistillTrainer(SeqkdTrainer):
             ", teacher logits chunk by chunk too" if self.teacher_head else
             f", teacher logits whole ({fused_unsupported(teacher)})")
         logger.info("distillation loss: %s (%s)%s%s", self.loss_impl, why, chunk, teacher_note)
+        self.internals = None
+        if dcfg.hidden_loss != "none" or dcfg.attention_loss != "none":
+            from seqkd.student.internals import Internals
+
+            if self.accelerator.num_processes > 1:
+                raise SeqkdError("internals transfer runs in one process (its projections live outside the model "
+                                 "DDP wraps): launch without torchrun")
+            try:
+                self.internals = Internals(student, teacher, hidden=dcfg.hidden_loss, attention=dcfg.attention_loss,
+                                           layer_map=dcfg.layer_map, relation_heads=dcfg.relation_heads)
+            except ValueError as e:
+                raise SeqkdError(str(e)) from None
+            self.internals.to(self.args.device)
+            logger.info("internals transfer: %s", self.internals.describe())
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def at_targets(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -202,6 +217,55 @@ class DistillTrainer(SeqkdTrainer):
         with torch.no_grad():
             return logits_at_targets(model or self.teacher, inputs, self.fmt.family)[0]
 
+    def internals_terms(self, inputs: dict, teacher_ran: bool, n: int) -> dict[str, torch.Tensor]:
+        """The internals losses of this (training) batch, each ``weight * mean * n`` (``n`` target tokens: the trainer
+        divides the summed terms by the token count, so a weight means the same at any batch size). Runs the teacher
+        when the KD term did not (``kd_weight`` 0)."""
+        cfg, rec = self.dcfg, self.internals.teacher_rec
+        if not teacher_ran or not rec.hidden:
+            with torch.no_grad(), rec.recording():
+                logits_at_targets(self.teacher, inputs, self.fmt.family)
+        labels = inputs["labels"]
+        masks = {"enc": inputs["attention_mask"].bool()} if self.fmt.family == "seq2seq" else {}
+        masks["dec"] = labels != IGNORE_INDEX if self.fmt.family == "seq2seq" else inputs["attention_mask"].bool()
+        raw = self.internals.terms(masks)
+        weights = {"hidden": cfg.hidden_weight, "attention": cfg.attention_weight}
+        return {k: weights[k] * v * n for k, v in raw.items()}
+
+    def create_optimizer(self, model=None):
+        """HF's optimizer, plus the internals projections (no weight decay) when they exist: they train with the
+        student and follow its learning-rate schedule."""
+        opt = super().create_optimizer(model)
+        if self.internals is not None and any(True for _ in self.internals.parameters()):
+            opt.add_param_group({"params": list(self.internals.parameters()), "weight_decay": 0.0})
+        return opt
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """HF's, plus the internals projections beside the weights (checkpoints included, so a resume has them)."""
+        super().save_model(output_dir, _internal_call)
+        if self.internals is not None and self.args.should_save:
+            self.internals.save(output_dir or self.args.output_dir)
+
+    def save_extras(self, out_dir, checkpoint: str | None) -> None:
+        """The internals projections beside the saved student (from ``checkpoint`` when the student comes from it)."""
+        if self.internals is None:
+            return
+        import shutil
+
+        from seqkd.student.internals import INTERNALS_FILE, PROJECTIONS_FILE
+
+        if checkpoint is None:
+            self.internals.save(out_dir)
+            return
+        for name in (PROJECTIONS_FILE, INTERNALS_FILE):
+            if (Path(checkpoint) / name).is_file():
+                shutil.copyfile(Path(checkpoint) / name, Path(out_dir) / name)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.internals is not None:
+            self.internals.load(resume_from_checkpoint)
+
     def teacher_head_inputs(self, inputs: dict) -> losses.TeacherHead:
         """The teacher at the student's target positions before its output layer (no grad): its logits are made
         chunk by chunk inside the fused loss."""
@@ -214,7 +278,14 @@ class DistillTrainer(SeqkdTrainer):
     def forward_logits(self, model, inputs: dict):
         """As the CE trainer's, except with ``loss_impl == "fused"``: then the first item is a :class:`HeadInputs`
         (the last hidden states at the target positions ``[N, H]`` and the output layer), not logits ``[N, V]``,
-        and the outputs' ``logits`` are those hidden states."""
+        and the outputs' ``logits`` are those hidden states. With internals transfer, the student's mapped layers
+        are recorded on the way."""
+        if self.internals is not None and model.training:
+            with self.internals.student_rec.recording():
+                return self._forward_logits(model, inputs)
+        return self._forward_logits(model, inputs)
+
+    def _forward_logits(self, model, inputs: dict):
         if self.loss_impl != "fused":
             return super().forward_logits(model, inputs)
         inner = self.accelerator.unwrap_model(model)
@@ -295,16 +366,20 @@ class DistillTrainer(SeqkdTrainer):
             w = ce_w = 0.0
         fused = isinstance(logits, HeadInputs)
         teacher = None
+        internals = self.internals is not None and model.training
         if w > 0:
             if self.teacher is not None and cfg.kd_mode == "online":
-                teacher = self.teacher_head_inputs(inputs) if fused and self.teacher_head else \
-                    self.teacher_logits(inputs)
+                with self.internals.teacher_rec.recording() if internals else nullcontext():
+                    teacher = self.teacher_head_inputs(inputs) if fused and self.teacher_head else \
+                        self.teacher_logits(inputs)
             elif cfg.kd_mode == "offline":
                 teacher = losses.TopKTeacher(self.at_targets(inputs["topk_ids"], labels),
                                              self.at_targets(inputs["topk_logprobs"], labels), tail=cfg.topk_tail)
             else:
                 raise SeqkdError(f"kd_weight > 0 needs a teacher (kd_mode={cfg.kd_mode})")
         terms, sums = (self._fused_terms if fused else self._terms)(logits, targets, teacher, tok_w, w, ce_w)
+        if internals:  # training only: validation losses stay comparable with runs without internals
+            terms.update(self.internals_terms(inputs, teacher is not None, len(targets)))
         if model.training:
             for key, value in sums.items():
                 self._term_sums[key] += value
@@ -367,7 +442,8 @@ class DistillTrainer(SeqkdTrainer):
         return {"onpolicy_fraction": self._onpolicy / self._batches if self._batches else 0.0,
                 "loss_impl": self.loss_impl,
                 "loss_chunk_size": None if self.loss_impl == "plain" else self.loss_chunk_size,
-                "loss_teacher_head": self.teacher_head}
+                "loss_teacher_head": self.teacher_head,
+                "internals": self.internals.describe() if self.internals is not None else None}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._batches:

@@ -217,36 +217,50 @@ def prepare_distill(cfg: DistillConfig) -> Run:
     from seqkd.models.tokenizer import load_tokenizers, same_vocab
 
     check_model_name(cfg.model)
-    if not Path(cfg.teacher).is_dir():
-        raise SeqkdError(f"--teacher {cfg.teacher}: not a model directory")
-    if cfg.tokenizer is not None and Path(cfg.tokenizer).resolve() != Path(cfg.teacher).resolve():
+    first = cfg.teacher[0]  # its tokenizer is the student's (and every other teacher's)
+    for t in cfg.teacher:
+        if not Path(t).is_dir():
+            raise SeqkdError(f"--teacher {t}: not a model directory")
+    if cfg.tokenizer is not None and Path(cfg.tokenizer).resolve() != Path(first).resolve():
         raise SeqkdError("--tokenizer: a student uses its teacher's tokenizer (distillation compares distributions "
                          "token by token); leave --tokenizer out")
-    src_tok, tgt_tok = load_tokenizers(cfg.teacher)
-    if Path(cfg.model).is_dir():
-        s_src, s_tgt = load_tokenizers(cfg.model)
+    src_tok, tgt_tok = load_tokenizers(first)
+    for other in [cfg.model] * Path(cfg.model).is_dir() + cfg.teacher[1:]:
+        s_src, s_tgt = load_tokenizers(other)
         if not (same_vocab(s_tgt, tgt_tok) and same_vocab(s_src, src_tok)):
-            raise SeqkdError(f"student {cfg.model} and teacher {cfg.teacher} have different tokenizers; "
-                             "distillation compares their distributions token by token and needs one vocabulary")
+            raise SeqkdError(f"{other} and teacher {first} have different tokenizers; distillation compares "
+                             "distributions token by token and needs one vocabulary")
     selection = is_selection_file(cfg.train_source)
     # load_pairs reads sources/targets (a selection file is also a parallel corpus) and the validation set
-    src, tgt, vsrc, vtgt, stats = load_pairs(dataclasses.replace(cfg, tokenizer=cfg.teacher))
-    student = model_for(dataclasses.replace(cfg, tokenizer=cfg.teacher), src_tok, tgt_tok)
+    src, tgt, vsrc, vtgt, stats = load_pairs(dataclasses.replace(cfg, tokenizer=first))
+    student = model_for(dataclasses.replace(cfg, tokenizer=first), src_tok, tgt_tok)
     fam = family(student)
     fmt = Format.from_tokenizer(fam, tgt_tok, cfg.prompt_format)
-    teacher = None
-    if cfg.kd_mode == "online" and (cfg.kd_weight > 0 or cfg.onpolicy_lambda > 0) or cfg.init_from_teacher:
-        teacher = load_model(cfg.teacher)
-        if family(teacher) != fam and cfg.kd_mode == "online":
-            raise SeqkdError(f"online KD runs the teacher on the student's inputs: teacher is {family(teacher)}, "
-                             f"student is {fam}; use --kd-mode offline with a corpus, or a student of the same family")
-        teacher.eval().requires_grad_(False)
+    teacher = mixture = None
+    internals = cfg.hidden_loss != "none" or cfg.attention_loss != "none"
+    if cfg.kd_mode == "online" and (cfg.kd_weight > 0 or cfg.onpolicy_lambda > 0 or internals) \
+            or cfg.init_from_teacher:
+        teachers = [load_model(t) for t in (cfg.teacher if cfg.kd_mode == "online" else cfg.teacher[:1])]
+        for t in teachers:
+            if family(t) != fam and cfg.kd_mode == "online":
+                raise SeqkdError(f"online KD runs the teacher on the student's inputs: teacher is {family(t)}, "
+                                 f"student is {fam}; use --kd-mode offline with a corpus, or a student of the same "
+                                 "family")
+            t.eval().requires_grad_(False)
+        teacher = teachers[0]
+        if len(teachers) > 1:  # multi-teacher KD: one teacher whose distribution is the weighted mixture
+            from seqkd.teacher.ensemble import TeacherMixture, ensemble_weights
+
+            mixture = TeacherMixture(teachers, ensemble_weights(cfg.weights(), len(teachers)), cfg.kd_temperature)
+            stats["teachers"] = {"dirs": list(cfg.teacher), "weights": mixture.weights}
     if cfg.init_from_teacher:
         if Path(cfg.model).is_dir():
             raise SeqkdError("--init-from-teacher initialises a preset student (--model PRESET)")
-        stats["init_from_teacher"] = init_from_teacher(student, teacher)
+        stats["init_from_teacher"] = init_from_teacher(student, teacher)  # from the first teacher
     if cfg.kd_mode != "online":
         teacher = None
+    elif mixture is not None:
+        teacher = mixture.eval().requires_grad_(False)
     vocab = student.get_output_embeddings().weight.shape[0]
     if selection:
         records = read_selection(cfg.train_source)

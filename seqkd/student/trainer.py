@@ -120,6 +120,10 @@ class SeqkdTrainer(Trainer):
         """Run the model; return logits at real target positions ``[N, V]``, their targets ``[N]``, outputs."""
         return logits_at_targets(model, inputs, self.fmt.family)
 
+    def save_extras(self, out_dir: Path, checkpoint: str | None) -> None:
+        """Save what a subclass trains beside the model into ``out_dir``: its current state, or that of
+        ``checkpoint`` when the saved model comes from there (the best one). Nothing here."""
+
     def loss_terms(self, model, inputs: dict, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """The hook: named loss terms, each a *sum* over the N real target tokens (logits ``[N, V]``)."""
         return {"ce": token_cross_entropy(logits, targets, self.label_smoothing)}
@@ -382,10 +386,14 @@ def finish(trainer: SeqkdTrainer, cfg: TrainConfig, src_tok, tgt_tok, started: f
     if not trainer.accelerator.is_main_process:
         return summary
     save_model(model, (src_tok, tgt_tok), out / "last")
+    trainer.save_extras(out / "last", None)
     best = trainer.state.best_model_checkpoint
-    if best and Path(best).exists() and Path(best).name != f"checkpoint-{trainer.state.global_step}":
+    best = best if best and Path(best).exists() and Path(best).name != f"checkpoint-{trainer.state.global_step}" \
+        else None
+    if best:
         model = type(model).from_pretrained(best)
     save_model(model, (src_tok, tgt_tok), out)
+    trainer.save_extras(out, best)
     atomic_write_json(out / "train_summary.json", summary)
     return summary
 

@@ -21,12 +21,13 @@ with a seed derived from ``(settings.seed, chunk index)`` (see :func:`chunk_seed
 on resumption or sharding either (HF engine: on the same kind of machine; its device, dtype and batch size are
 part of the manifest).
 
-**Manifest.** ``manifest.json`` records the teacher (path and sha256 of its weight, config and tokenizer files),
-the engine and its output-affecting options, the decoding settings, the tokenizer and prompt format, the seqkd
-version, the input (path, its sha256, the number of examples and a hash of their ids/sources/references), the shard
-count and chunk size, and ``extra`` (the caller's, e.g. the command line). A run whose manifest differs from the one
-in the directory is refused unless ``overwrite=True``; paths and ``extra`` are recorded but not compared (a moved
-teacher or input with the same content is the same corpus). ``merge_corpus`` adds ``merged`` (counts).
+**Manifest.** ``manifest.json`` records the teacher (path and sha256 of its weight, config and tokenizer files), an
+ensemble's other teachers the same way (``ensemble``; its weights and mode are engine options), the engine and its
+output-affecting options, the decoding settings, the tokenizer and prompt format, the seqkd version, the input (path,
+its sha256, the number of examples and a hash of their ids/sources/references), the shard count and chunk size, and
+``extra`` (the caller's, e.g. the command line). A run whose manifest differs from the one in the directory is refused
+unless ``overwrite=True``; paths and ``extra`` are recorded but not compared (a moved teacher or input with the same
+content is the same corpus). ``merge_corpus`` adds ``merged`` (counts).
 
 **Records** (one JSON object per line, ``datasets.load_dataset("json", data_files=...)`` reads them)::
 
@@ -144,11 +145,17 @@ def build_manifest(
 ) -> dict:
     """The manifest of a corpus (before merging). ``examples`` must be sorted by id."""
     inp = Path(input_path) if input_path is not None else None
+
+    def teacher(model_dir: str) -> dict:
+        return {"path": str(Path(model_dir).resolve()) if Path(model_dir).exists() else model_dir,
+                "family": engine.family, "files": teacher_files(model_dir)}
+
+    others = getattr(engine, "ensemble_dirs", [])  # an ensemble's other teachers (weights and mode: engine options)
     return {
         "format": FORMAT,
         "seqkd_version": __version__,
-        "teacher": {"path": str(Path(engine.model_dir).resolve()) if Path(engine.model_dir).exists()
-                    else engine.model_dir, "family": engine.family, "files": teacher_files(engine.model_dir)},
+        "teacher": teacher(engine.model_dir),
+        **({"ensemble": {str(i): teacher(d) for i, d in enumerate(others, 1)}} if others else {}),
         "engine": {"name": engine.name, **engine.options},
         "settings": settings.as_dict(),
         "tokenizer": engine.codec.describe(),
@@ -181,13 +188,14 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def manifest_differences(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every compared manifest field that differs."""
-    a = {k: v for k, v in _flatten(old).items() if k not in _NOT_COMPARED}
-    b = {k: v for k, v in _flatten(new).items() if k not in _NOT_COMPARED}
+    # paths are not compared (a moved teacher or input with the same content is the same corpus; files are)
+    a = {k: v for k, v in _flatten(old).items() if k not in _NOT_COMPARED and not k.endswith(".path")}
+    b = {k: v for k, v in _flatten(new).items() if k not in _NOT_COMPARED and not k.endswith(".path")}
     diffs = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
-            if key.startswith("teacher.files") or key.endswith("sha256"):
+            if key.startswith(("teacher.files", "ensemble.")) or key.endswith("sha256"):
                 va, vb = str(va)[:12], str(vb)[:12]
             diffs.append(f"{key}: {va} -> {vb}")
     return diffs

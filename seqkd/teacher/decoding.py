@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -77,13 +77,18 @@ def generate_ids(
     max_len_ratio: float | None = None,
     progress: bool = False,
     desc: str = "decoding",
+    logits_processor: Callable[[torch.Tensor, torch.Tensor, int], Any] | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode prompt id lists (from :meth:`Format.prompt_ids`); returns, per prompt, ``num_return_sequences``
     hypotheses (target ids with eos and padding removed), best first for beam search.
 
     ``max_len_ratio`` (translation): a batch stops at ``ratio * longest prompt + 10`` new tokens if that is below
     ``gen.max_new_tokens`` — an untrained model that never emits eos then costs little.
+    ``logits_processor(ids [B, P], mask [B, P], rows_per_prompt)``: makes a processor for each batch (an ensemble's,
+    :class:`seqkd.teacher.ensemble.EnsembleProcessor`); HF runs it after its own.
     """
+    from transformers import LogitsProcessorList
+
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
@@ -106,7 +111,11 @@ def generate_ids(
         # max_length, not max_new_tokens: HF would otherwise also inherit the model's max_length and warn.
         g.max_new_tokens = None
         g.max_length = new + (ids.shape[1] if left else 1)
-        out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=g)
+        extra = {}
+        if logits_processor is not None:
+            rows = g.num_beams if (g.num_beams or 1) > 1 else n_ret  # rows generate decodes per prompt
+            extra["logits_processor"] = LogitsProcessorList([logits_processor(ids, mask, rows)])
+        out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=g, **extra)
         seqs = out.sequences
         # Generated part only: after the prompt (causal) or after decoder_start (seq2seq).
         seqs = seqs[:, ids.shape[1] :] if left else seqs[:, 1:]

@@ -51,9 +51,13 @@ class HFEngine:
         prompt_format: str = "auto",
         max_source_len: int = DEFAULT_MAX_SOURCE_LEN,
         trust_remote_code: bool = False,
+        ensemble: Sequence[str] = (),
+        teacher_weights: Sequence[float] | None = None,
+        ensemble_mode: str = "logprob",
     ) -> None:
         from seqkd.models import family, load_model
-        from seqkd.models.tokenizer import load_tokenizers
+        from seqkd.models.tokenizer import load_tokenizers, same_vocab
+        from seqkd.teacher.ensemble import ensemble_weights
 
         if dtype not in _DTYPES:
             raise SeqkdError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
@@ -62,16 +66,36 @@ class HFEngine:
         if str(model_dir).endswith(".gguf"):
             raise SeqkdError(f"{model_dir}: convert the GGUF file first (seqkd model convert-gguf) and give the "
                              "converted directory as the teacher")
+        if ensemble_mode not in ("logprob", "prob"):
+            raise SeqkdError(f"ensemble mode must be logprob or prob, got {ensemble_mode!r}")
         self.model_dir = str(model_dir)
+        self.ensemble_dirs = [str(d) for d in ensemble]  # the other teachers (the first is model_dir)
+        self.weights = ensemble_weights(teacher_weights, 1 + len(self.ensemble_dirs))
+        self.ensemble_mode = ensemble_mode
         self.src_tok, self.tgt_tok = load_tokenizers(model_dir)  # before the model: a missing tokenizer fails fast
+        for d in self.ensemble_dirs:  # every teacher's tokenizer before any model loads
+            src, tgt = load_tokenizers(d)
+            if not (same_vocab(src, self.src_tok) and same_vocab(tgt, self.tgt_tok)):
+                raise SeqkdError(f"teacher {d} does not share {model_dir}'s tokenizer: an ensemble needs one "
+                                 "vocabulary (the same token -> id map)")
         self.model = load_model(model_dir, dtype=_DTYPES[dtype], device=device, trust_remote_code=trust_remote_code)
         self.family = family(self.model)
         check_vocab(self.model.config, self.src_tok, self.tgt_tok, self.model_dir)
         self.codec = TextCodec(self.family, self.src_tok, self.tgt_tok, prompt_format=prompt_format,
                                max_source_len=max_source_len)
+        self.others = []
+        for d in self.ensemble_dirs:
+            m = load_model(d, dtype=_DTYPES[dtype], device=device, trust_remote_code=trust_remote_code)
+            if family(m) != self.family or m.config.get_text_config().vocab_size != \
+                    self.model.config.get_text_config().vocab_size:
+                raise SeqkdError(f"teacher {d} is not of {model_dir}'s family and vocabulary size: an ensemble "
+                                 "decodes one vocabulary with one kind of model")
+            self.others.append(m)
         self.batch_size = batch_size
         self.device = next(self.model.parameters()).device
         self.options: dict[str, Any] = {"device": self.device.type, "dtype": dtype, "batch_size": batch_size}
+        if self.others:  # single-teacher manifests stay as they were
+            self.options["ensemble"] = {"weights": self.weights, "mode": ensemble_mode}
 
     # --- protocol --------------------------------------------------------------------------------------------------
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -86,20 +110,23 @@ class HFEngine:
             raise SeqkdError(f"topk_logprobs={settings.topk_logprobs} is more than the vocabulary ({vocab})")
         fmt = self.codec.fmt
         sample = settings.mode == "sample"
+        ens = bool(self.others)
         gen = generation_config(
             self.model, fmt,
             beam_size=settings.beam_size if settings.mode == "beam" else 1,
             num_return_sequences=settings.num_return,
             do_sample=sample,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            top_k=settings.top_k,
+            # an ensemble samples from the mixed distribution: its processor applies these after the mix
+            temperature=1.0 if ens else settings.temperature,
+            top_p=1.0 if ens else settings.top_p,
+            top_k=0 if ens else settings.top_k,
             max_new_tokens=settings.max_new_tokens,
             length_penalty=settings.length_penalty,
         )
         if sample:
             torch.manual_seed(settings.seed)
-        hyps = generate_ids(self.model, fmt, prompts, gen, batch_size=self.batch_size)
+        hyps = generate_ids(self.model, fmt, prompts, gen, batch_size=self.batch_size,
+                            logits_processor=self._ensemble_processor(settings) if ens else None)
         # generate_ids drops the eos; a hypothesis shorter than the budget ended with one (HF pads only after eos).
         done = [[len(h.ids) < settings.max_new_tokens for h in hs] for hs in hyps]
         cands = [[list(h.ids) + [fmt.eos_id] if f else list(h.ids) for h, f in zip(hs, fs)]
@@ -118,9 +145,32 @@ class HFEngine:
             out.append(row)
         return out
 
+    def _ensemble_processor(self, settings: DecodeSettings):
+        """A factory of :class:`~seqkd.teacher.ensemble.EnsembleProcessor` for ``generate_ids``: one per batch, with
+        the sampling settings as HF's own warpers, in HF's order (temperature, top-k, top-p)."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        from seqkd.teacher.ensemble import EnsembleProcessor, Follower
+
+        warpers = []
+        if settings.mode == "sample":
+            if settings.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k:
+                warpers.append(TopKLogitsWarper(top_k=settings.top_k))
+            if settings.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p=settings.top_p))
+
+        def make(ids: torch.Tensor, mask: torch.Tensor, rows: int) -> EnsembleProcessor:
+            return EnsembleProcessor([Follower(m, ids, mask, rows) for m in self.others], self.weights,
+                                     self.ensemble_mode, warpers)  # type: ignore[arg-type]
+
+        return make
+
     def close(self) -> None:
         cuda = self.device.type == "cuda"
         self.model = None
+        self.others = []
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
@@ -157,8 +207,7 @@ class HFEngine:
             enc_len = torch.tensor([len(p) for p, _ in pairs])
             enc_mask = (torch.arange(enc.shape[1])[None, :] < enc_len[:, None]).long()
             dec = pad([[start] + c[:-1] for _, c in pairs], fmt.pad_id)
-            logits = self.model(input_ids=enc.to(dev), attention_mask=enc_mask.to(dev),
-                                decoder_input_ids=dec.to(dev)).logits
+            inputs = dict(input_ids=enc.to(dev), attention_mask=enc_mask.to(dev), decoder_input_ids=dec.to(dev))
             for b, (_, c) in enumerate(pairs):
                 rows += [b] * len(c)
                 cols += range(len(c))
@@ -168,13 +217,18 @@ class HFEngine:
             ids = pad(seqs, fmt.pad_id)
             lengths = torch.tensor([len(s) for s in seqs])
             mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+            inputs = dict(input_ids=ids.to(dev), attention_mask=mask.to(dev))
             for b, (p, c) in enumerate(pairs):
                 rows += [b] * len(c)
                 cols += range(len(p) - 1, len(p) - 1 + len(c))
                 targets += c
-        sel = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)].float().log_softmax(-1)
-        del logits
+        at = (torch.tensor(rows, device=dev), torch.tensor(cols, device=dev))
+        sel = self._logprobs_at(self.model, inputs, at)  # [N, V]
+        if self.others:  # an ensemble scores with the distribution it decoded from
+            from seqkd.teacher.ensemble import mix_logprobs
+
+            sel = mix_logprobs([sel] + [self._logprobs_at(m, inputs, at) for m in self.others], self.weights,
+                               self.ensemble_mode)  # type: ignore[arg-type]
         chosen = _f32_list(sel.gather(1, torch.tensor(targets, device=dev)[:, None])[:, 0])
         if topk:
             vals, idx = sel.topk(topk, dim=-1)
@@ -190,6 +244,12 @@ class HFEngine:
                 results.append((chosen[pos : pos + n], None, None))
             pos += n
         return results
+
+    @staticmethod
+    def _logprobs_at(model, inputs: dict, at: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """float32 log-probs ``[N, V]`` of ``model`` at the (row, column) positions ``at`` of its logits."""
+        logits = model(**inputs).logits
+        return logits[at].float().log_softmax(-1)
 
 
 def _f32_list(t: torch.Tensor) -> list[float]:

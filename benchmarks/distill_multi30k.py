@@ -73,6 +73,8 @@ def parse_args(argv=None):
                    " training uses the Trainer's device)")
     p.add_argument("--train-limit", type=int, default=None, help="first N training pairs only (quick checks)")
     p.add_argument("--retrain", action="store_true", help="retrain students that already exist")
+    p.add_argument("--corpus-only", action="store_true",
+                   help="make the corpus and training files, then stop (before students train in parallel runs)")
     return p.parse_args(argv)
 
 
@@ -145,6 +147,8 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     files = build_corpus(args)
     result["corpus_minutes"] = (time.perf_counter() - t) / 60
+    if args.corpus_only:
+        return
     print("== teacher", flush=True)
     teacher = load_model(args.teacher)
     result["rows"]["teacher"] = {"params": count_parameters(teacher),

@@ -14,6 +14,10 @@ returns its last hidden states at the target positions instead of logits, and th
 and the cross-entropy run chunk by chunk, so the student's ``[N, V]`` logits never exist whole; an online
 teacher is given the same way, as a :class:`~seqkd.student.losses.TeacherHead`, when its logits are a plain
 output layer of its hidden states too).
+
+Several teachers are one :class:`~seqkd.teacher.ensemble.TeacherMixture` (their weighted mixture is the target);
+internals transfer (:mod:`seqkd.student.internals`) adds hidden-state and attention terms to training batches, each
+a mean per target token, with its learned projections in their own optimizer group and saved beside the student.
 """
 
 from __future__ import annotations

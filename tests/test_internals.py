@@ -169,3 +169,32 @@ def test_internals_refusals(tiny_mt_model, tmp_path):
                hidden_loss="mse", layer_map="enc.0:5", train_source=None, data="synthetic", synthetic_size=32)
     with pytest.raises(SeqkdError, match="outside"):
         distill_trainer(cfg)
+
+
+def test_a_resumed_run_restores_the_projections(tiny_mt_model, tmp_path):
+    """Killed after the checkpoint at step 2 and resumed: the projections (and the student) end as an uninterrupted
+    run's, so the checkpoint carried them."""
+    from safetensors.torch import load_file
+    from test_distill import _cfg
+    from test_train import _StopAt
+
+    from seqkd.student.distill import distill, distill_trainer
+    from seqkd.student.internals import PROJECTIONS_FILE
+
+    def cfg(name, **kw):
+        return _cfg(tmp_path, tiny_mt_model, "synthetic", out=str(tmp_path / name), model="marian-student-small",
+                    kd_mode="online", kd_weight=0.5, hidden_loss="mse", train_source=None, data="synthetic",
+                    synthetic_size=200, max_steps=4, eval_steps=2, seed=5, **kw)
+
+    distill(cfg("full"))
+    trainer, _ = distill_trainer(cfg("cut"))
+    trainer.add_callback(_StopAt(2))
+    trainer.train()
+    assert trainer.state.global_step == 2
+    distill(cfg("cut", resume=True, overwrite=False))
+    a, b = load_file(str(tmp_path / "full" / PROJECTIONS_FILE)), load_file(str(tmp_path / "cut" / PROJECTIONS_FILE))
+    assert set(a) == set(b) and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    w0 = load_file(str(tmp_path / "cut" / "checkpoint-2" / PROJECTIONS_FILE))
+    assert any(not torch.equal(w0[k], b[k]) for k in b)  # they trained after the resume

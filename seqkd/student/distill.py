@@ -30,6 +30,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from seqkd.config import DistillConfig
 from seqkd.data.prompts import IGNORE_INDEX
@@ -163,6 +164,17 @@ def choose_loss_impl(requested: str, *, vocab: int, kd_mode: str, loss_chunk_siz
 # --- trainer ---------------------------------------------------------------------------------------------------------
 
 
+class _ZeroGrad(TrainerCallback):
+    """Zeroes a module's gradients after every optimizer step: HF zeroes the model's only, and the internals
+    projections live outside it (their gradients would otherwise add up over the whole run)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.module.zero_grad(set_to_none=True)
+
+
 class DistillTrainer(SeqkdTrainer):
     """The foundation trainer with a distillation loss hook (see the module docstring). ``teacher``: the teacher
     model (online KD and on-policy batches) or None; ``dcfg``: the :class:`DistillConfig`."""
@@ -206,6 +218,7 @@ class DistillTrainer(SeqkdTrainer):
             except ValueError as e:
                 raise SeqkdError(str(e)) from None
             self.internals.to(self.args.device)
+            self.add_callback(_ZeroGrad(self.internals))
             logger.info("internals transfer: %s", self.internals.describe())
 
     # --- helpers -------------------------------------------------------------------------------------------------

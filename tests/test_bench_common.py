@@ -107,6 +107,12 @@ def test_summary_median_min_max(common):
         common.summary([])
 
 
+def test_test_sets_are_the_given_pairs_or_the_default_split(common, multi30k_data_dir):
+    assert common.test_sets([["a.de", "a.en"], ["b.de", "b.en"]]) == [("a.de", "a.en"), ("b.de", "b.en")]
+    ((src, ref),) = common.test_sets(None)
+    assert Path(src).is_file() and Path(ref).is_file() and "test_2016_flickr" in Path(src).name
+
+
 def test_speculative_rows_are_kept_and_reused_only_with_the_same_settings(tmp_path, monkeypatch):
     """benchmarks/speculative.py's RowCache: a killed run continues; a change of settings measures again."""
     import argparse

@@ -290,7 +290,7 @@ class DistillConfig(TrainConfig):
         "value relations (value_relation). Needs --kd-mode online with one teacher.", default="none")
     attention_weight: float = _help("Weight of the attention loss (a mean per target token).", default=1.0)
     layer_map: str = _help("Student -> teacher layers for internals transfer: uniform (student layer i to teacher "
-                           "layer (i+1) L_t / L_s - 1, per stack) or pairs such as enc.0:1,enc.3:2,dec.0:2.",
+                           "layer ceil((i+1) L_t / L_s) - 1, per stack) or pairs such as enc.0:1,enc.3:2,dec.0:2.",
                            default="uniform")
     relation_heads: int = _help("value_relation: relation heads (0 = the teacher's attention heads).", default=0)
 

@@ -50,8 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--name", default="internals_cost")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if min(a.steps, a.passes) < 1:
-        p.error("--steps and --passes must be >= 1")
+    if a.steps < 6 or a.passes < 1:
+        p.error("--steps must be >= 6 (tokens/s is measured between logs) and --passes >= 1")
     return a
 
 
@@ -63,8 +63,8 @@ def worker(a, variant: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         summary = distill(DistillConfig(
             out=str(Path(tmp) / "s"), model=a.student_preset, teacher=a.teacher, data="multi30k:de-en",
-            max_steps=a.steps, eval_steps=0, bleu_samples=0, logging_steps=10, progress=False, lr=1e-3,
-            warmup_steps=10, max_tokens=4096, seed=0, overwrite=True, **VARIANTS[variant]))
+            max_steps=a.steps, eval_steps=0, bleu_samples=0, logging_steps=max(1, min(10, a.steps // 3)),
+            progress=False, lr=1e-3, warmup_steps=10, max_tokens=4096, seed=0, overwrite=True, **VARIANTS[variant]))
     return {"tokens_per_s": summary["train_tokens_per_s"],
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

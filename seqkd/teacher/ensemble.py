@@ -49,7 +49,7 @@ def mix_logprobs(logprobs: Sequence[Tensor], weights: Sequence[float], mode: Ens
         return torch.stack([w * lp for lp, w in kept]).sum(0).log_softmax(-1)
     if mode == "prob":
         # log(sum w p) in log space: no teacher's small probabilities underflow
-        logw = torch.tensor([w for _, w in kept]).log().view(-1, *[1] * kept[0][0].dim())
+        logw = torch.tensor([w for _, w in kept], device=kept[0][0].device).log().view(-1, *[1] * kept[0][0].dim())
         return (torch.stack([lp for lp, _ in kept]) + logw).logsumexp(0)
     raise ValueError(f"unknown ensemble mode {mode!r}: logprob or prob")
 

@@ -47,23 +47,14 @@ def cmd_data_path(a: C.DataPathConfig, argv) -> None:
 
 
 def cmd_tokenizer_train(a: C.TokenizerTrainConfig, argv) -> None:
-    from seqkd.models.tokenizer import train_tokenizer, train_translation_tokenizers
+    from seqkd.models.tokenizer import train_tokenizer_job
 
-    if a.data:
-        from seqkd.data.registry import load_parallel
-
-        src, tgt = load_parallel(a.data, "train")
-        toks = train_translation_tokenizers(src, tgt, a.out, joint=not a.separate, vocab_size=a.vocab_size,
-                                            model_type=a.model_type)
-        print(f"tokenizer(s) written to {a.out}: source {len(toks[0])} tokens, target {len(toks[1])} tokens")
-        return
-    from seqkd.data.files import read_lines
-
-    texts: list[str] = []
-    for path in a.input:
-        texts += read_lines(path)[0]
-    tok = train_tokenizer(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type)
-    print(f"tokenizer written to {a.out}: {len(tok)} tokens")
+    r = train_tokenizer_job(a)
+    if r["target_tokens"] is not None:
+        print(f"tokenizer(s) written to {a.out}: source {r['source_tokens']} tokens, target {r['target_tokens']} "
+              "tokens")
+    else:
+        print(f"tokenizer written to {a.out}: {r['source_tokens']} tokens")
 
 
 def cmd_model_info(a: C.ModelInfoConfig, argv) -> None:
@@ -160,58 +151,11 @@ def cmd_export(a: C.ExportConfig, argv) -> None:
     print(f"exported {a.model} -> {out} (CTranslate2, {a.quantization}); decode it with --engine ct2 --model {out}")
 
 
-def _read_examples(a: C.GenerateConfig):
-    """Examples to decode: a registered dataset split, a parallel corpus, or a prompt file (ids = 0-based lines)."""
-    from seqkd.data.files import Example, read_lines, read_parallel
-
-    if a.data:
-        from seqkd.data.registry import parallel_files
-
-        src_path, tgt_path = parallel_files(a.data, a.split)
-        exs, _ = read_parallel(src_path, tgt_path, strict=True, max_chars=None)
-        path = src_path
-    elif a.target or a.input.endswith((".tsv", ".jsonl", ".tsv.gz", ".jsonl.gz")):
-        exs, _ = read_parallel(a.input, a.target)
-        path = a.input
-    else:
-        lines, _ = read_lines(a.input, keep_empty=True)
-        exs = [Example(i, t, None) for i, t in enumerate(lines) if t]
-        path = a.input
-    if a.limit is not None:
-        exs = exs[: a.limit]
-    return exs, path
-
-
-def _engine_options(a: C.GenerateConfig) -> dict:
-    opts: dict = {"prompt_format": a.prompt_format, "max_source_len": a.max_source_len}
-    if a.dtype:
-        opts["dtype"] = a.dtype
-    if a.engine == "hf":
-        opts.update(device=a.device, batch_size=a.batch_size)
-        if len(a.teacher) > 1:
-            opts.update(ensemble=a.teacher[1:], teacher_weights=a.weights(), ensemble_mode=a.ensemble)
-    else:
-        opts.update(tensor_parallel_size=a.tensor_parallel_size, engine_args=a.engine_args())
-    return opts
-
-
 def cmd_generate(a: C.GenerateConfig, settings: C.DecodeSettings, argv) -> None:
-    from seqkd.teacher.corpus import check_corpus_dir, format_summary, generate_corpus
-    from seqkd.teacher.engines import get_engine
+    from seqkd.teacher.corpus import format_summary
+    from seqkd.teacher.generate import generate
 
-    examples, path = _read_examples(a)
-    if not examples:
-        raise SeqkdError(f"nothing to decode: {a.input or a.data} has no non-empty lines")
-    check_corpus_dir(a.out)
-    engine = get_engine(a.engine, a.teacher[0], **_engine_options(a))
-    try:
-        summary = generate_corpus(engine, examples, a.out, settings, shard=a.shard, chunk_size=a.chunk_size,
-                                  overwrite=a.overwrite, progress=True, input_path=path, merge=not a.no_merge,
-                                  manifest_extra={"command": argv,
-                                                  "data": a.data, "split": a.split if a.data else None})
-    finally:
-        engine.close()
-    print(format_summary(summary))
+    print(format_summary(generate(a, settings, command=argv)))
 
 
 def cmd_merge(a: C.MergeConfig, argv) -> None:
@@ -222,19 +166,13 @@ def cmd_merge(a: C.MergeConfig, argv) -> None:
 
 
 def cmd_select(a: C.SelectConfig, argv) -> None:
-    from seqkd.data.files import read_lines
-    from seqkd.teacher.corpus import read_corpus
-    from seqkd.teacher.selection import select, write_training_data
+    from seqkd.evaluate import Scores
+    from seqkd.teacher.selection import select_to_file
 
-    refs = read_lines(a.references, keep_empty=True)[0] if a.references else None
-    examples = select(read_corpus(a.corpus), a.strategy, a.metric, references=refs)
-    write_training_data(examples, a.out)
-    line = f"{len(examples)} training examples ({a.strategy}) -> {a.out}"
-    pairs = [(ex["target"], ex["reference"]) for ex in examples if a.strategy != "all"]
-    if pairs and all(r is not None for _, r in pairs):
-        from seqkd.evaluate import score
-
-        line += f"; {score([h for h, _ in pairs], [r for _, r in pairs])}"
+    r = select_to_file(a.corpus, a.out, a.strategy, a.metric, references=a.references)
+    line = f"{r['examples']} training examples ({a.strategy}) -> {a.out}"
+    if "scores" in r:
+        line += f"; {Scores(**r['scores'])}"
     print(line)
 
 
@@ -312,16 +250,16 @@ def format_spec_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_demo(a: C.DemoConfig, argv) -> None:
-    from seqkd.demo import run_demo
+def cmd_run(a: C.RunConfig, argv) -> None:
+    from seqkd.pipeline.run import main_run
 
-    run_demo(a.out, quick=a.quick)
+    main_run(a, argv)
 
 
 # --- the command table: (words, help, config classes, handler) ------------------------------------------------------
 COMMANDS: list[tuple[tuple[str, ...], str, tuple[type, ...], Callable]] = [
-    (("demo",), "the main job on the built-in task: teacher -> corpus -> students -> draft", (C.DemoConfig,),
-     cmd_demo),
+    (("run",), "a whole pipeline from a recipe, in cached, resumable stages, with a report (the main job: "
+     "seqkd run synthetic)", (C.RunConfig,), cmd_run),
     (("data", "check"), "validate a corpus (two aligned files, .tsv, .jsonl) or a prompt file", (C.DataCheckConfig,),
      cmd_data_check),
     (("data", "path"), "print the files of a registered dataset (downloading them if needed)", (C.DataPathConfig,),
@@ -387,16 +325,19 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if not f.init:
             continue
         tp = hints[f.name]
-        kw: dict[str, Any] = {k: v for k, v in f.metadata.items() if k != "positional"}
+        kw: dict[str, Any] = {k: v for k, v in f.metadata.items() if k not in ("positional", "aliases")}
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         if f.metadata.get("positional"):
-            parser.add_argument(f.name, nargs="?" if has_default else None, default=default, help=kw["help"])
+            many = typing.get_origin(tp) is list
+            parser.add_argument(f.name, nargs="*" if many else "?" if has_default else None, default=default,
+                                help=kw["help"])
             continue
         if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))  # X | None -> X
-        options = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        options = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else []) + list(
+            f.metadata.get("aliases", []))
         if typing.get_origin(tp) is Literal:
             kw.update(choices=typing.get_args(tp), type=_choice_type(typing.get_args(tp)))
         elif tp is bool:
@@ -501,7 +442,11 @@ def parse(argv: list[str]) -> tuple[Callable, list]:
     """argv -> (handler, its config objects): every value is parsed and validated here, before any job starts."""
     parser = build_parser()
     apply_config_file(parser, argv)
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and getattr(ns, "overrides", None) is not None and not any(x.startswith("-") for x in extra):
+        ns.overrides = [*ns.overrides, *extra]  # `seqkd run RECIPE --out DIR k=v`: overrides after an option
+    elif extra:
+        parser.parse_args(argv)  # the parser's own one-line error for what it does not know
     cfgs = [cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls) if f.init})
             for cls in ns.config_classes]
     return ns.func, cfgs

@@ -41,8 +41,9 @@ def _help(text: str, **kw) -> Any:
     meta = {"help": text}
     if kw.pop("positional", False):
         meta["positional"] = True
-    if "action" in kw:
-        meta["action"] = kw.pop("action")
+    for key in ("action", "aliases"):  # both as HfArgumentParser reads them from a field's metadata
+        if key in kw:
+            meta[key] = kw.pop(key)
     return field(metadata=meta, **kw)
 
 
@@ -665,11 +666,88 @@ class ExportConfig:
 
 
 @dataclass
-class DemoConfig:
-    """``seqkd demo``: the main job on the built-in task."""
+class SyntheticDataConfig:
+    """``seqkd data synthetic``: the built-in toy translation task as files (train / val / test / corpus splits, one
+    ``SPLIT.src`` and ``SPLIT.tgt`` each). Training references are multimodal (a word with synonyms takes a random
+    one with probability --multimodality); val and test references are canonical."""
 
-    out: str = _help("working directory", default="runs/demo")
-    quick: bool = _help("a smaller, faster run (for tests)", default=False)
+    out: str = _help("output directory")
+    train_size: int = _help("training pairs (what a baseline trains on)", default=20000)
+    corpus_size: int = _help("pairs whose sources the teacher decodes into a distillation corpus (with references, "
+                             "for seq-inter)", default=2000)
+    val_size: int = _help("validation pairs", default=500)
+    test_size: int = _help("test pairs", default=300)
+    multimodality: float = _help("probability that a word with synonyms takes a random one, in train and corpus",
+                                 default=0.3)
+    seed: int = _help("seed (each split draws from its own offset of it)", default=0)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "train_size", "corpus_size", "val_size", "test_size")
+        _in_unit(self, "multimodality")
+
+
+@dataclass
+class EvaluateConfig:
+    """Several models on one test set: BLEU / chrF (sacrebleu, with its signature) and words/s, per beam size; a
+    CTranslate2 export decodes with --engine ct2, any other model directory with HF."""
+
+    models: list[str] = _help("NAME=DIR entries (DIR alone: its name is the directory's)")
+    out: str = _help("results file (JSON)")
+    src: str | None = _help("source file", default=None)
+    ref: str | None = _help("reference file aligned with --src", default=None)
+    data: str | None = _help("instead of --src/--ref: a registered parallel dataset (e.g. multi30k:de-en)",
+                             default=None)
+    split: str = _help("split of --data", default="test_2016_flickr")
+    beam_sizes: list[int] = _help("beam sizes each model decodes with (1 = greedy)", default_factory=lambda: [1])
+    batch_size: int = _help("sentences per batch", default=64)
+    max_new_tokens: int = _help("longest output, in tokens", default=128)
+    threads: int = _help("CPU threads (0: every core for ct2, torch's default for hf)", default=0)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise SeqkdError("--models: give at least one NAME=DIR")
+        if bool(self.data) == bool(self.src):
+            raise SeqkdError("give either --src FILE --ref FILE or --data NAME")
+        if self.src and not self.ref:
+            raise SeqkdError("--src needs --ref (the references)")
+        if not self.beam_sizes or any(b < 1 for b in self.beam_sizes):
+            raise SeqkdError(f"--beam-sizes must be >= 1, got {self.beam_sizes}")
+        _at_least(self, 1, "batch_size", "max_new_tokens")
+        _at_least(self, 0, "threads")
+        names = [n for n, _ in self.named_models()]
+        if len(set(names)) != len(names):
+            raise SeqkdError(f"--models: two models share a name ({', '.join(names)}); give NAME=DIR")
+
+    def named_models(self) -> list[tuple[str, str]]:
+        """(name, directory) of every model, in order."""
+        out = []
+        for m in self.models:
+            name, sep, path = m.partition("=")
+            out.append((name, path) if sep else (m.rstrip("/").rsplit("/", 1)[-1], m))
+        return out
+
+
+@dataclass
+class RunConfig:
+    """``seqkd run``: a whole recipe (data -> teacher -> corpus -> students -> export -> draft -> speculative decoding
+    -> evaluation -> report), one cached stage at a time."""
+
+    recipe: str = _help("a built-in recipe (synthetic, multi30k-de-en, smollm2-draft) or a YAML file", positional=True)
+    overrides: list[str] = _help("KEY=VALUE settings over the recipe's: STAGE.FIELD=VALUE (e.g. teacher.max_steps=200)"
+                                 ", VALUE read as YAML", default_factory=list, positional=True)
+    out: str | None = _help("run directory (default: runs/RECIPE)", default=None)
+    from_stage: str | None = _help("rerun this stage and every later one, cached or not", default=None,
+                                   aliases=["--from"])
+    only: str | None = _help("run this stage only (the stages it reads must be cached)", default=None)
+    dry_run: bool = _help("print the plan (which stages run, which are cached, and why) and stop", default=False)
+
+    def __post_init__(self) -> None:
+        if self.from_stage and self.only:
+            raise SeqkdError("--from and --only contradict each other: give one")
+        for kv in self.overrides:
+            key, sep, _ = kv.partition("=")
+            if not sep or "." not in key:
+                raise SeqkdError(f"override {kv!r}: give STAGE.FIELD=VALUE (e.g. teacher.max_steps=200)")
 
 
 # --- speculative decoding --------------------------------------------------------------------------------------------

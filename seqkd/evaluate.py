@@ -127,3 +127,53 @@ def timed(translator, sources: Sequence[str], **kw) -> tuple[list[str], Speed]:
 def timed_translate(model, src_tok, tgt_tok, sources: Sequence[str], **kw) -> tuple[list[str], Speed]:
     """:func:`timed` for a model in memory, decoded with HF ``generate``."""
     return timed(HFTranslator(model, src_tok, tgt_tok), sources, **kw)
+
+
+def evaluate_models(cfg, *, progress: bool = False) -> dict:
+    """Every model of an :class:`~seqkd.config.EvaluateConfig` on its test set at each beam size: sacrebleu BLEU /
+    chrF (with signatures), words/s with the engine, batch size and thread count, and the parameter count. A
+    CTranslate2 export decodes with ct2, any other directory with HF. Written to ``cfg.out`` (JSON) and returned."""
+    from pathlib import Path
+
+    from seqkd.data.files import read_lines
+    from seqkd.deploy.ct2 import is_ct2_export
+    from seqkd.io import atomic_write_json
+
+    if cfg.data:
+        from seqkd.data.registry import load_parallel
+
+        srcs, refs = load_parallel(cfg.data, cfg.split)
+    else:
+        srcs, refs = read_lines(cfg.src, keep_empty=True)[0], read_lines(cfg.ref, keep_empty=True)[0]
+    rows = []
+    for name, path in cfg.named_models():
+        engine = "ct2" if is_ct2_export(path) else "hf"
+        translator = load_translator(path, engine=engine, threads=cfg.threads)
+        params = _parameters(translator, path)
+        for beam in cfg.beam_sizes:
+            kw = dict(beam_size=beam, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+            if progress:
+                print(f"  {name} ({engine}) beam {beam}: {len(srcs)} sentences", flush=True)
+            hyps, speed = timed(translator, srcs, **kw)
+            rows.append({"model": name, "path": str(path), "engine": engine, "beam_size": beam, "parameters": params,
+                         **score(hyps, refs).as_dict(), "speed": speed.as_dict(), "words_per_s": speed.words_per_s})
+    result = {"sentences": len(srcs), "test": f"{cfg.data}:{cfg.split}" if cfg.data else Path(cfg.src).name,
+              "rows": rows}
+    atomic_write_json(cfg.out, result)
+    return result
+
+
+def _parameters(translator, path) -> int | None:
+    """Parameters of an HF model in memory, or of the model a CTranslate2 export came from (None if unknown)."""
+    model = getattr(translator, "model", None)
+    if model is not None and hasattr(model, "parameters"):
+        from seqkd.models import count_parameters
+
+        return count_parameters(model)
+    import json
+    from pathlib import Path
+
+    meta = Path(path) / "seqkd_export.json"
+    if meta.is_file():
+        return json.loads(meta.read_text(encoding="utf-8")).get("parameters")
+    return None

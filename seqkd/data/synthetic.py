@@ -287,3 +287,24 @@ def reference_translations(source: str, *, limit: int = 10_000) -> list[str]:
         raise SeqkdError(f"{source!r} has {count} valid translations, more than limit={limit}")
     refs = {" ".join(words) for slots in _variants(_parse(source)) for words in itertools.product(*slots)}
     return sorted(refs)
+
+
+# split -> (seed offset, multimodal references?); val and test are canonical, as the training job's validation set
+SPLITS = {"train": (0, True), "val": (10_000, False), "test": (20_000, False), "corpus": (40_000, True)}
+
+
+def write_splits(out, *, sizes: dict[str, int], seed: int = 0, multimodality: float = 0.3) -> dict[str, int]:
+    """The toy task as files: ``out/SPLIT.src`` and ``out/SPLIT.tgt`` for each split of ``sizes`` (train, val,
+    test, corpus), written atomically; returns the sizes."""
+    from pathlib import Path
+
+    from seqkd.io import atomic_write_lines
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes.items():
+        offset, multimodal = SPLITS[split]
+        src, tgt = synthetic_pairs(n, seed=seed + offset, multimodality=multimodality if multimodal else 0.0)
+        atomic_write_lines(out / f"{split}.src", src)
+        atomic_write_lines(out / f"{split}.tgt", tgt)
+    return dict(sizes)

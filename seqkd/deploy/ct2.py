@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from seqkd.config import DEFAULT_MAX_SOURCE_LEN
 from seqkd.errors import SeqkdError
 
-EXPORT_FILE = "seqkd_export.json"  # {"format": "ctranslate2", "family", "quantization", "architecture"}
+EXPORT_FILE = "seqkd_export.json"  # {"format": "ctranslate2", "family", "quantization", "architecture", "parameters"}
 QUANTIZATIONS = ("float32", "int8")
 INSTALL_HINT = "pip install ctranslate2 (or: pip install 'seqkd[ct2]')"
 
@@ -141,7 +141,7 @@ def export_ctranslate2(
     it is written beside ``out_dir`` and renamed into place. ``force`` replaces an existing export.
     """
     from seqkd.io import check_writable, staged_dir
-    from seqkd.models import load_model
+    from seqkd.models import count_parameters, load_model
     from seqkd.models.tokenizer import load_tokenizers, save_tokenizers
 
     if quantization not in QUANTIZATIONS:
@@ -157,12 +157,13 @@ def export_ctranslate2(
 
     src_tok, tgt_tok = load_tokenizers(model_dir)
     model = load_model(model_dir)  # a fresh copy: the llama loader takes the layers out of what it converts
+    params = count_parameters(model)
     loader = marian_loader(src_tok, tgt_tok) if arch == "marian" else llama_loader(tgt_tok)
     with staged_dir(out) as staged:
         converter(model, loader).convert(str(staged), quantization=quantization, force=True)  # force: it exists
         save_tokenizers(src_tok, tgt_tok, staged)
         meta = {"format": "ctranslate2", "architecture": arch, "family": "seq2seq" if arch == "marian" else "causal",
-                "quantization": quantization, "ctranslate2": ct2.__version__}
+                "quantization": quantization, "ctranslate2": ct2.__version__, "parameters": params}
         (staged / EXPORT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     return out
 

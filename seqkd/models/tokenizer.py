@@ -330,3 +330,23 @@ def _remove_stale_source(out: Path) -> None:
 
     if (out / SOURCE_SUBDIR).is_dir():
         shutil.rmtree(out / SOURCE_SUBDIR)
+
+
+def train_tokenizer_job(a) -> dict:
+    """``seqkd tokenizer train`` (a :class:`~seqkd.config.TokenizerTrainConfig`): a joint or separate source / target
+    tokenizer for a registered parallel dataset, or one tokenizer for text files. Returns the vocabulary sizes
+    (``target_tokens`` None for one tokenizer)."""
+    if a.data:
+        from seqkd.data.registry import load_parallel
+
+        src, tgt = load_parallel(a.data, "train")
+        toks = train_translation_tokenizers(src, tgt, a.out, joint=not a.separate, vocab_size=a.vocab_size,
+                                            model_type=a.model_type)
+        return {"source_tokens": len(toks[0]), "target_tokens": len(toks[1])}
+    from seqkd.data.files import read_lines
+
+    texts: list[str] = []
+    for path in a.input:
+        texts += read_lines(path)[0]
+    tok = train_tokenizer(texts, a.out, vocab_size=a.vocab_size, model_type=a.model_type)
+    return {"source_tokens": len(tok), "target_tokens": None}

@@ -532,3 +532,40 @@ def read_corpus(path_or_dir: str | os.PathLike) -> Iterator[dict]:
     elif not p.exists():
         raise DataError(f"{p}: file not found")
     return (rec for _, _, rec in _iter_file(p))
+
+
+def corpus_statistics(path_or_dir: str | os.PathLike, *, bins: int = 20) -> dict[str, Any]:
+    """What a corpus looks like, for reports: sentences, hypotheses, the hypotheses' token lengths (mean and a
+    histogram), n-best diversity (distinct hypotheses per source, as a fraction of the hypotheses) and the teacher's
+    log-probability (per token and per hypothesis, mean over the best hypotheses and over all)."""
+    lengths: list[int] = []
+    best_tok_lp: list[float] = []
+    all_tok_lp: list[float] = []
+    best_seq_lp: list[float] = []
+    distinct = sentences = hyps = 0
+    for rec in read_corpus(path_or_dir):
+        sentences += 1
+        seen = set()
+        for rank, h in enumerate(rec["hypotheses"]):
+            hyps += 1
+            n = max(len(h["token_ids"]), 1)
+            lengths.append(len(h["token_ids"]))
+            all_tok_lp.append(h["logprob"] / n)
+            if rank == 0:
+                best_tok_lp.append(h["logprob"] / n)
+                best_seq_lp.append(h["logprob"])
+            seen.add(tuple(h["token_ids"]))
+        distinct += len(seen)
+    if not sentences:
+        raise SeqkdError(f"{path_or_dir}: the corpus has no records")
+    top = max(lengths) + 1
+    width = max(1, math.ceil(top / bins))
+    hist = [0] * math.ceil(top / width)
+    for n in lengths:
+        hist[n // width] += 1
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {"sentences": sentences, "hypotheses": hyps, "hypotheses_per_source": hyps / sentences,
+            "distinct_fraction": distinct / hyps, "mean_length": mean(lengths), "tokens": sum(lengths),
+            "length_histogram": {"bin_width": width, "counts": hist},
+            "best_logprob_per_token": mean(best_tok_lp), "all_logprob_per_token": mean(all_tok_lp),
+            "best_logprob": mean(best_seq_lp)}

@@ -135,3 +135,22 @@ def write_training_data(examples: Iterable[dict[str, Any]], path: str | os.PathL
     atomic_write_lines(p, (json.dumps(ex, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
                            for ex in examples))
     return p
+
+
+def select_to_file(corpus: str, out: str, strategy: str = "top", metric: str = "bleu", *,
+                   references: str | None = None) -> dict[str, Any]:
+    """``seqkd select``: a corpus (directory or corpus.jsonl) -> training data at ``out``; returns what was written
+    (examples, strategy and, where every example has a reference, the selected targets' BLEU / chrF against them)."""
+    from seqkd.data.files import read_lines
+    from seqkd.teacher.corpus import read_corpus
+
+    refs = read_lines(references, keep_empty=True)[0] if references else None
+    examples = select(read_corpus(corpus), strategy, metric, references=refs)
+    write_training_data(examples, out)
+    result: dict[str, Any] = {"examples": len(examples), "strategy": strategy, "out": str(out)}
+    pairs = [(ex["target"], ex["reference"]) for ex in examples if strategy != "all"]
+    if pairs and all(r is not None for _, r in pairs):
+        from seqkd.evaluate import score
+
+        result["scores"] = score([h for h, _ in pairs], [r for _, r in pairs]).as_dict()
+    return result

@@ -1,0 +1,113 @@
+"""What each recipe job does: the library call behind the subcommand of the same name, on the stage's configs.
+
+Every runner takes the stage's config objects (built by :func:`seqkd.pipeline.recipe.configs`, ``out`` inside the
+stage's directory) and returns a JSON-able result: what the report reads. Heavy imports happen inside the runners.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _synthetic_data(cfg) -> dict:
+    from seqkd.data.synthetic import write_splits
+
+    sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size, "corpus": cfg.corpus_size}
+    return {"sizes": write_splits(cfg.out, sizes=sizes, seed=cfg.seed, multimodality=cfg.multimodality)}
+
+
+def _tokenizer(cfg) -> dict:
+    from seqkd.models.tokenizer import train_tokenizer_job
+
+    return train_tokenizer_job(cfg)
+
+
+def _train(cfg) -> dict:
+    from seqkd.student.train import train
+
+    return _describe_model(train(cfg), cfg.out)
+
+
+def _distill(cfg) -> dict:
+    from seqkd.student.distill import distill
+
+    return _describe_model(distill(cfg), cfg.out)
+
+
+def _describe_model(summary: dict, out: str) -> dict:
+    from seqkd.models import count_parameters, load_model
+    from seqkd.models.presets import count_non_embedding
+
+    model = load_model(out)
+    return summary | {"parameters": count_parameters(model), "non_embedding_parameters": count_non_embedding(model)}
+
+
+def _generate(cfg, settings, command=None) -> dict:
+    from seqkd.teacher.corpus import corpus_statistics
+    from seqkd.teacher.generate import generate
+
+    summary = generate(cfg, settings, command=command, progress=cfg_progress(cfg))
+    return summary | {"statistics": corpus_statistics(cfg.out)}
+
+
+def cfg_progress(cfg) -> bool:
+    return bool(getattr(cfg, "progress", True))
+
+
+def _select(cfg) -> dict:
+    from seqkd.teacher.selection import select_to_file
+
+    return select_to_file(cfg.corpus, cfg.out, cfg.strategy, cfg.metric, references=cfg.references)
+
+
+def _export(cfg) -> dict:
+    from seqkd.deploy.ct2 import export_ctranslate2
+
+    export_ctranslate2(cfg.model, cfg.out, quantization=cfg.quantization, force=cfg.force)
+    return {"quantization": cfg.quantization, "format": cfg.format}
+
+
+def _draft_init(cfg) -> dict:
+    from seqkd.speculative.draft import init_draft
+
+    return init_draft(cfg)
+
+
+def _draft_vocab(cfg) -> dict:
+    from seqkd.speculative.draft import prune_draft_vocab
+
+    return prune_draft_vocab(cfg)
+
+
+def _align(cfg) -> dict:
+    from seqkd.speculative.align import align
+
+    return align(cfg)
+
+
+def _speculate(cfg) -> dict:
+    from seqkd.speculative.runners import speculate
+
+    return speculate(cfg, progress=False)
+
+
+def _evaluate(cfg) -> dict:
+    from seqkd.evaluate import evaluate_models
+
+    return evaluate_models(cfg, progress=True)
+
+
+RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "synthetic-data": _synthetic_data, "tokenizer": _tokenizer, "train": _train, "generate": _generate,
+    "select": _select, "distill": _distill, "export": _export, "draft-init": _draft_init,
+    "draft-vocab": _draft_vocab, "align": _align, "speculate": _speculate, "evaluate": _evaluate,
+}
+# runner-set fields (seqkd.pipeline.recipe.RUNNER_FIELDS) for a stage whose directory holds a killed run's files:
+# training resumes from its checkpoint (or starts over before the first one); a corpus resumes by itself (chunks);
+# the rest start over (their outputs are written whole: a partial one is never taken for a finished one)
+def runner_fields(job: str, partial_checkpoint: bool, progress: bool) -> dict[str, Any]:
+    if job in ("train", "distill"):
+        return {"resume": partial_checkpoint, "overwrite": not partial_checkpoint, "progress": progress}
+    if job == "generate":
+        return {"overwrite": False}
+    return {"overwrite": True, "force": True, "progress": progress}

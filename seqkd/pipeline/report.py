@@ -1,0 +1,295 @@
+"""The report of a ``seqkd run``: ``report.json`` (everything, as data), ``report.md`` (tables, plots beside it in
+``report_files/``) and ``report.html`` (the same, self-contained: plots inline), built from the stages' markers.
+
+What it shows, where the recipe has it: every model's quality and speed (table and plot), training curves, the
+corpus's statistics, the selected training data, the drafts' acceptance and speedup against gamma and per drafted
+position, the stages (ran or cached, wall time), the machine, the versions and the command. Plots need matplotlib
+(``pip install seqkd[bench]``); without it the report has the tables only and says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from seqkd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+Block = tuple  # ("h2", text) | ("p", text) | ("table", headers, rows) | ("img", name, png bytes, caption)
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# --- sections --------------------------------------------------------------------------------------------------------
+def _models(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
+    rows = [r for m in markers.values() if m["job"] == "evaluate" for r in _as_list(m["result"])
+            for r in r["rows"]]
+    if not rows:
+        return [], {}
+    tests = {_as_list(m["result"])[0]["test"] for m in markers.values() if m["job"] == "evaluate"}
+    blocks: list[Block] = [("h2", "Models: quality and speed"),
+                           ("p", f"Test set: {', '.join(sorted(tests))}; {rows[0]['sentences']} sentences. BLEU and "
+                                 f"chrF by sacrebleu ({rows[0]['bleu_signature']}; {rows[0]['chrf_signature']}). "
+                                 "Words/s: output words over the wall time of the whole decoding loop, one pass.")]
+    table = [[r["model"], r["engine"], str(r["beam_size"]), _fmt(r["bleu"]), _fmt(r["chrf"]),
+              _fmt(r["words_per_s"], ".0f"), str(r["speed"].get("batch_size")), str(r["speed"].get("threads")),
+              f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "n/a"] for r in rows]
+    blocks.append(("table", ["model", "engine", "beam", "BLEU", "chrF", "words/s", "batch", "threads", "parameters"],
+                   table))
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for name in dict.fromkeys(r["model"] for r in rows):
+            pts = [r for r in rows if r["model"] == name]
+            ax.plot([r["words_per_s"] for r in pts], [r["bleu"] for r in pts], "o-", label=name)
+            for r in pts:
+                ax.annotate(f"beam {r['beam_size']}", (r["words_per_s"], r["bleu"]), fontsize=7,
+                            textcoords="offset points", xytext=(4, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel("words/s (log scale)")
+        ax.set_ylabel("BLEU")
+        ax.set_title("quality vs speed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        blocks.append(("img", "quality_speed", _png(fig), "BLEU against words/s, one point per model and beam size"))
+    return blocks, {"rows": rows}
+
+
+def _training(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
+    runs = {n: m["result"] for n, m in markers.items() if m["job"] in ("train", "distill")}
+    if not runs:
+        return [], {}
+    blocks: list[Block] = [("h2", "Training")]
+    table = []
+    for name, r in runs.items():
+        table.append([name, r.get("config", {}).get("model", "?"),
+                      f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "n/a",
+                      f"{r['non_embedding_parameters'] / 1e6:.2f}M" if r.get("non_embedding_parameters") else "n/a",
+                      str(r.get("steps")), _fmt(r.get("epochs")), str(r.get("stop_reason")),
+                      _fmt(r.get("best_metric")), str(r.get("best_step")), _fmt(r.get("train_tokens_per_s"), ".0f"),
+                      _fmt(r.get("seconds"), ".0f")])
+    blocks.append(("table", ["stage", "model", "parameters", "non-embedding", "steps", "epochs", "stopped by",
+                             "best val. BLEU", "best step", "tokens/s", "seconds"], table))
+    curves = {n: [(e["step"], e["eval_bleu"]) for e in r.get("evaluations", []) if "eval_bleu" in e]
+              for n, r in runs.items()}
+    curves = {n: c for n, c in curves.items() if c}
+    if plt is not None and curves:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        for name, c in curves.items():
+            ax.plot([s for s, _ in c], [b for _, b in c], "o-", label=name, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation BLEU (greedy)")
+        ax.set_title("training curves")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        blocks.append(("img", "training_curves", _png(fig), "validation BLEU during training, per stage"))
+    return blocks, {"runs": {n: {k: v for k, v in r.items() if k != "config"} for n, r in runs.items()},
+                    "curves": curves}
+
+
+def _corpus(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
+    corpora = {n: m["result"] for n, m in markers.items() if m["job"] == "generate"}
+    selections = {n: m["result"] for n, m in markers.items() if m["job"] == "select"}
+    if not corpora and not selections:
+        return [], {}
+    blocks: list[Block] = [("h2", "Distillation corpus")]
+    data: dict[str, Any] = {"corpora": {}, "selections": selections}
+    for name, r in corpora.items():
+        st = r["statistics"]
+        data["corpora"][name] = st
+        blocks.append(("table", ["corpus", "sentences", "hypotheses / source", "distinct", "mean length (tokens)",
+                                 "teacher log-prob / token (best)", "(all)", "decoding sentences/s"],
+                       [[name, str(st["sentences"]), _fmt(st["hypotheses_per_source"]),
+                         f"{st['distinct_fraction']:.1%}", _fmt(st["mean_length"], ".1f"),
+                         _fmt(st["best_logprob_per_token"], ".3f"), _fmt(st["all_logprob_per_token"], ".3f"),
+                         _fmt(r.get("sentences_per_s"), ".1f")]]))
+        if plt is not None:
+            h = st["length_histogram"]
+            fig, ax = plt.subplots(figsize=(6.0, 3.0))
+            ax.bar([i * h["bin_width"] for i in range(len(h["counts"]))], h["counts"], width=h["bin_width"] * 0.9,
+                   align="edge")
+            ax.set_xlabel("hypothesis length (tokens)")
+            ax.set_ylabel("hypotheses")
+            ax.set_title(f"{name}: lengths")
+            blocks.append(("img", f"{name}_lengths", _png(fig), f"{name}: hypothesis lengths"))
+    if selections:
+        blocks.append(("table", ["selection", "strategy", "examples", "BLEU vs references", "chrF"],
+                       [[n, r["strategy"], str(r["examples"]), _fmt(r.get("scores", {}).get("bleu")),
+                         _fmt(r.get("scores", {}).get("chrf"))] for n, r in selections.items()]))
+    return blocks, data
+
+
+def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
+    aligns = {n: m["result"] for n, m in markers.items() if m["job"] == "align"}
+    specs = {n: m for n, m in markers.items() if m["job"] == "speculate"}
+    if not aligns and not specs:
+        return [], {}
+    blocks: list[Block] = [("h2", "Speculative decoding")]
+    data: dict[str, Any] = {"align": {}, "speculate": {}}
+    for name, r in aligns.items():
+        rows = [[f"{name} {w}", _fmt(r[w]["acceptance_rate"], ".3f"), _fmt(r[w].get("verified_acceptance_rate"),
+                                                                            ".3f"),
+                 _fmt(r[w]["block_efficiency"]), _fmt(r[w]["speedup"]) + "x"] for w in ("before", "after")]
+        data["align"][name] = {w: r[w] for w in ("before", "after")}
+        blocks.append(("table", ["draft", "acceptance rate", "per-token acceptance", "tokens / target call",
+                                 "speedup"], rows))
+    rows = []
+    for name, m in specs.items():
+        results = _as_list(m["result"])
+        data["speculate"][name] = results
+        for r in results:
+            rows.append([name, str(r["gamma"]), _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"),
+                         _fmt(r["block_efficiency"]), _fmt(r.get("cost_ratio"), ".3f"),
+                         _fmt(r.get("target_only_tokens_per_s"), ".1f"), _fmt(r.get("speculative_tokens_per_s"), ".1f"),
+                         _fmt(r["speedup"]) + "x", _fmt(r.get("leviathan_bound")) + "x"])
+    if rows:
+        blocks.append(("p", "Acceptance rate and per-position acceptance as vLLM defines them (accepted / drafted; "
+                            "the share of drafted positions i accepted); tokens per target call and the bound as "
+                            "Leviathan et al. (2023); c = draft step / target step; speedup = speculative tokens/s "
+                            "over target-only tokens/s on the same prompts, one pass."))
+        blocks.append(("table", ["stage", "gamma", "T", "acceptance", "tokens / call", "c", "target-only tok/s",
+                                 "speculative tok/s", "speedup", "bound"], rows))
+    if plt is not None and specs:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+        for name, results in data["speculate"].items():
+            if len(results) > 1:
+                g = [r["gamma"] for r in results]
+                axes[0].plot(g, [r["acceptance_rate"] for r in results], "o-", label=name)
+                axes[1].plot(g, [r["speedup"] for r in results], "o-", label=name)
+            longest = max(results, key=lambda r: r["gamma"])
+            pos = longest.get("per_position_acceptance") or []
+            axes[2].plot(range(1, len(pos) + 1), pos, "o-", label=f"{name} (gamma {longest['gamma']})")
+        for ax, title, ylabel in ((axes[0], "acceptance vs gamma", "acceptance rate"),
+                                  (axes[1], "speedup vs gamma", "speedup (x)"),
+                                  (axes[2], "per-position acceptance", "accepted share")):
+            ax.set_title(title)
+            ax.set_ylabel(ylabel)
+            ax.set_xlabel("gamma" if ax is not axes[2] else "drafted position")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        blocks.append(("img", "speculative", _png(fig), "acceptance and speedup against gamma; acceptance per "
+                                                       "drafted position at the largest gamma"))
+    return blocks, data
+
+
+def _as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+# --- rendering -------------------------------------------------------------------------------------------------------
+def _md(blocks: list[Block], files: Path, title: str) -> str:
+    out = [f"# {title}", ""]
+    for b in blocks:
+        if b[0] == "h2":
+            out += [f"## {b[1]}", ""]
+        elif b[0] == "p":
+            out += [b[1], ""]
+        elif b[0] == "table":
+            out += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b[2]] + [""]
+        elif b[0] == "img":
+            atomic_write_bytes(files / f"{b[1]}.png", b[2])
+            out += [f"![{b[3]}]({files.name}/{b[1]}.png)", ""]
+        elif b[0] == "pre":
+            out += ["```", b[1], "```", ""]
+    return "\n".join(out)
+
+
+def _html(blocks: list[Block], title: str) -> str:
+    e = html.escape
+    body = [f"<h1>{e(title)}</h1>"]
+    for b in blocks:
+        if b[0] == "h2":
+            body.append(f"<h2>{e(b[1])}</h2>")
+        elif b[0] == "p":
+            body.append(f"<p>{e(b[1])}</p>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif b[0] == "img":
+            src = "data:image/png;base64," + base64.b64encode(b[2]).decode()
+            body.append(f'<figure><img src="{src}" alt="{e(b[3])}"><figcaption>{e(b[3])}</figcaption></figure>')
+        elif b[0] == "pre":
+            body.append(f"<pre>{e(b[1])}</pre>")
+    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+           "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
+           "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+           "img{max-width:100%}figcaption{font-size:13px;color:#555}pre{background:#f6f6f6;padding:1em;"
+           "overflow-x:auto;font-size:12px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{css}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")
+
+
+def write_report(out: str | Path, recipe, steps, markers: dict[str, dict], *, argv: list[str] | None = None
+                 ) -> dict[str, Path]:
+    """Write ``report.{json,md,html}`` in ``out`` from the finished stages' ``markers``; returns the three paths."""
+    from seqkd.machine import machine
+
+    out = Path(out)
+    plt = _pyplot()
+    blocks: list[Block] = []
+    if recipe.description:
+        blocks.append(("p", recipe.description))
+    if plt is None:
+        blocks.append(("p", "Plots left out: matplotlib is not installed (pip install seqkd[bench])."))
+    sections: dict[str, Any] = {}
+    for key, fn in (("models", _models), ("training", _training), ("corpus", _corpus), ("drafts", _drafts)):
+        b, d = fn(markers, plt)
+        blocks += b
+        if d:
+            sections[key] = d
+    ran = {st.stage.name: st.action for st in steps}
+    stage_rows = [[n, m["job"], "cached" if ran.get(n) == "cached" else "ran", _fmt(m["seconds"], ".1f"),
+                   f"stages/{m['dir']}"] for n, m in markers.items()]
+    blocks += [("h2", "Stages"), ("table", ["stage", "job", "this run", "wall time (s)", "directory"], stage_rows)]
+    env = machine()
+    cmd = " ".join(argv) if argv else f"seqkd run {recipe.name}"
+    blocks += [("h2", "Machine and versions"), ("pre", json.dumps(env, indent=1)),
+               ("h2", "Command and recipe"), ("pre", cmd + (("\noverrides: " + " ".join(recipe.overrides))
+                                                            if recipe.overrides else "")),
+               ("pre", recipe.source.strip())]
+    title = f"seqkd run {recipe.name}"
+    report = {"recipe": recipe.name, "description": recipe.description, "overrides": recipe.overrides,
+              "command": argv, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": env, "stages": {n: {"job": m["job"], "key": m["key"], "seconds": m["seconds"],
+                                             "this_run": "cached" if ran.get(n) == "cached" else "ran"}
+                                         for n, m in markers.items()},
+              **sections}
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    files = out / "report_files"
+    files.mkdir(exist_ok=True)
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], _md(blocks, files, title) + "\n")
+    atomic_write_text(paths["html"], _html(blocks, title))
+    return paths

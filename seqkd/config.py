@@ -687,6 +687,29 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """A registered dataset as files a recipe's stages read: a parallel dataset's splits as ``SPLIT.src`` /
+    ``SPLIT.tgt``, or a text dataset's lines as prompt files ``train.txt`` / ``val.txt`` / ``test.txt`` (train: every
+    k-th line of the first 90%; val / test: every 10th line of the first / second half of the held-out 10%, as
+    nanoGPT splits tiny-shakespeare; lines of 20 characters or less are left out)."""
+
+    name: str = _help("a registered dataset: multi30k:de-en, multi30k:en-de (parallel) or tinyshakespeare (text)")
+    out: str = _help("output directory")
+    splits: list[str] = _help("parallel dataset: the splits written", default_factory=lambda: [
+        "train", "val", "test_2016_flickr"])
+    limit: int | None = _help("parallel dataset: the first N pairs of each split only (quick runs)", default=None)
+    train_prompts: int = _help("text dataset: training prompts", default=3000)
+    val_prompts: int = _help("text dataset: validation prompts", default=64)
+    test_prompts: int = _help("text dataset: test prompts", default=64)
+    template: str = _help("text dataset: each prompt is this template with {} replaced by the line", default="{}")
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "limit", "train_prompts", "val_prompts", "test_prompts")
+        if "{}" not in self.template:
+            raise SeqkdError(f"--template must contain {{}} (where the line goes), got {self.template!r}")
+
+
+@dataclass
 class EvaluateConfig:
     """Several models on one test set: BLEU / chrF (sacrebleu, with its signature) and words/s, per beam size; a
     CTranslate2 export decodes with --engine ct2, any other model directory with HF."""
@@ -912,5 +935,3 @@ class AlignConfig:
         _at_least(self, 1, "max_steps", "eval_size", "eval_gamma", "max_new_tokens", "max_tokens", "limit")
         _at_least(self, 0, "eval_temperature", "warmup_steps", "temperature")
         _positive(self, "lr")
-        if self.temperature <= 0:
-            raise SeqkdError(f"--temperature must be > 0 (training data is sampled), got {self.temperature}")

@@ -113,6 +113,30 @@ def test_align_on_policy_tvd_raises_acceptance_and_the_draft_works_in_hf(tiny_lm
     assert json.loads((out / "align.json").read_text())["after"]["acceptance_rate"] == a["acceptance_rate"]
 
 
+def test_align_at_temperature_zero_trains_on_the_targets_greedy_outputs(tiny_lm_model, draft_dir, prompt_files,
+                                                                       tmp_path):
+    """A draft used greedily is aligned on greedy data: --data target at --temperature 0 trains on exactly the target's
+    greedy continuations, and the draft then agrees with the target's greedy tokens more often."""
+    from seqkd.speculative.align import AlignConfig, align
+    from seqkd.teacher.corpus import read_corpus
+
+    out = tmp_path / "greedy"
+    r = align(AlignConfig(target=str(tiny_lm_model), draft=str(draft_dir), out=str(out), prompts=str(prompt_files[0]),
+                          eval_prompts=str(prompt_files[1]), eval_size=20, data="target", temperature=0.0,
+                          eval_temperature=0.0, max_steps=60, lr=3e-3, warmup_steps=5, max_tokens=1024,
+                          max_new_tokens=16, limit=64, progress=False))
+    target = load_model(tiny_lm_model)
+    src_tok, tgt_tok = load_tokenizers(tiny_lm_model)
+    from seqkd.teacher.engines import TextCodec
+
+    rec = next(read_corpus(tmp_path / "greedy-work" / "target_corpus"))
+    prompt = TextCodec("causal", src_tok, tgt_tok).encode([rec["source"]])[0]
+    ref = target.generate(input_ids=torch.tensor([prompt]), do_sample=False, max_new_tokens=16)[0, len(prompt):]
+    ids = rec["hypotheses"][0]["token_ids"]
+    assert len(ids) > 3 and ref.tolist()[: len(ids)] == ids
+    assert r["after"]["acceptance_rate"] > r["before"]["acceptance_rate"]
+
+
 @pytest.mark.slow
 def test_adaspec_selects_the_asked_fraction(tiny_lm_model, draft_dir, prompt_files, tmp_path):
     from seqkd.speculative import align as align_mod

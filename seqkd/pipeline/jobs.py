@@ -6,6 +6,7 @@ stage's directory) and returns a JSON-able result: what the report reads. Heavy 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 
@@ -14,6 +15,19 @@ def _synthetic_data(cfg) -> dict:
 
     sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size, "corpus": cfg.corpus_size}
     return {"sizes": write_splits(cfg.out, sizes=sizes, seed=cfg.seed, multimodality=cfg.multimodality)}
+
+
+def _dataset(cfg) -> dict:
+    from seqkd.data.splits import write_dataset
+
+    return write_dataset(cfg)
+
+
+def _convert_gguf(cfg) -> dict:
+    from seqkd.models import convert_gguf, smollm2_gguf_path
+
+    src = smollm2_gguf_path() if cfg.gguf == "smollm2" else cfg.gguf
+    return {"model": str(convert_gguf(src, cfg.out))}
 
 
 def _tokenizer(cfg) -> dict:
@@ -42,16 +56,39 @@ def _describe_model(summary: dict, out: str) -> dict:
     return summary | {"parameters": count_parameters(model), "non_embedding_parameters": count_non_embedding(model)}
 
 
+def _in_subprocess(words: list[str], *cfgs) -> None:
+    """Run ``seqkd WORDS --config FILE`` (the configs' fields) in a fresh process: vLLM changes the thread settings
+    of the process that starts it, which would slow every later stage; its own process keeps ours as they are."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from seqkd.config import as_dict
+
+    fields = {k: v for c in cfgs for k, v in as_dict(c).items()}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(fields, f)
+    try:
+        subprocess.run([sys.executable, "-m", "seqkd", *words, "--config", f.name], check=True)
+    except subprocess.CalledProcessError as e:
+        from seqkd.errors import SeqkdError
+
+        raise SeqkdError(f"seqkd {' '.join(words)} failed (exit status {e.returncode}; its error is above)") from None
+    finally:
+        os.unlink(f.name)
+
+
 def _generate(cfg, settings, command=None) -> dict:
-    from seqkd.teacher.corpus import corpus_statistics
+    from seqkd.teacher.corpus import corpus_statistics, read_manifest
     from seqkd.teacher.generate import generate
 
-    summary = generate(cfg, settings, command=command, progress=cfg_progress(cfg))
+    if cfg.engine == "vllm":
+        _in_subprocess(["generate"], cfg, settings)
+        summary = {"merged": read_manifest(cfg.out).get("merged")}
+    else:
+        summary = generate(cfg, settings, command=command)
     return summary | {"statistics": corpus_statistics(cfg.out)}
-
-
-def cfg_progress(cfg) -> bool:
-    return bool(getattr(cfg, "progress", True))
 
 
 def _select(cfg) -> dict:
@@ -86,8 +123,13 @@ def _align(cfg) -> dict:
 
 
 def _speculate(cfg) -> dict:
+    import json
+
     from seqkd.speculative.runners import speculate
 
+    if cfg.engine == "vllm":
+        _in_subprocess(["speculate"], cfg)
+        return json.loads(open(cfg.out, encoding="utf-8").read())
     return speculate(cfg, progress=False)
 
 
@@ -98,7 +140,8 @@ def _evaluate(cfg) -> dict:
 
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "synthetic-data": _synthetic_data, "tokenizer": _tokenizer, "train": _train, "generate": _generate,
+    "synthetic-data": _synthetic_data, "dataset": _dataset, "convert-gguf": _convert_gguf, "tokenizer": _tokenizer,
+    "train": _train, "generate": _generate,
     "select": _select, "distill": _distill, "export": _export, "draft-init": _draft_init,
     "draft-vocab": _draft_vocab, "align": _align, "speculate": _speculate, "evaluate": _evaluate,
 }

@@ -39,6 +39,8 @@ REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 # job -> (config classes, the stage's primary output relative to its directory: what ${stage} means)
 JOBS: dict[str, tuple[tuple[type, ...], str]] = {
     "synthetic-data": ((C.SyntheticDataConfig,), ""),
+    "dataset": ((C.DatasetConfig,), ""),
+    "convert-gguf": ((C.ConvertGgufConfig,), "model"),
     "tokenizer": ((C.TokenizerTrainConfig,), ""),
     "train": ((C.TrainConfig,), ""),
     "generate": ((C.GenerateConfig, C.DecodeSettings), ""),
@@ -53,10 +55,6 @@ JOBS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 # fields the runner sets (never part of a stage's key: they do not change what the stage computes)
 RUNNER_FIELDS = frozenset({"out", "overwrite", "resume", "force", "progress"})
-# the field of each job that names its output (a file for select / speculate / evaluate)
-OUT_FIELD = {"synthetic-data": "out", "tokenizer": "out", "train": "out", "generate": "out", "select": "out",
-             "distill": "out", "export": "out", "draft-init": "out", "draft-vocab": "out", "align": "out",
-             "speculate": "out", "evaluate": "out"}
 BUILTIN = ("synthetic", "multi30k-de-en", "smollm2-draft")
 
 
@@ -134,7 +132,8 @@ def load_recipe(recipe: str, overrides: list[str] = ()) -> Recipe:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SeqkdError(f"recipe {path}: not valid YAML ({str(e).strip().splitlines()[0]})") from None
+        hint = "; quote a ${stage} inside [...] or {...}" if "flow" in str(e) else ""
+        raise SeqkdError(f"recipe {path}: not valid YAML ({str(e).strip().splitlines()[0]}{hint})") from None
     if not isinstance(data, dict) or not isinstance(data.get("stages"), dict) or not data["stages"]:
         raise SeqkdError(f"recipe {path}: expected a mapping with a non-empty 'stages' mapping")
     unknown = set(data) - {"description", "stages"}
@@ -204,7 +203,7 @@ def configs(stage: Stage, settings: dict[str, Any], out: str, sweep_value: Any =
     values = dict(settings)
     if stage.sweep is not None:
         values[stage.sweep[0]] = sweep_value if sweep_value is not None else stage.sweep[1][0]
-    values[OUT_FIELD[stage.job]] = str(Path(out) / primary) if primary else out
+    values["out"] = str(Path(out) / primary) if primary else out
     known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:

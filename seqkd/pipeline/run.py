@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from seqkd.errors import SeqkdError
 from seqkd.io import atomic_write_json
-from seqkd.pipeline.recipe import JOBS, Recipe, Stage, configs, substitute
+from seqkd.pipeline.recipe import JOBS, RUNNER_FIELDS, Recipe, Stage, configs, substitute
 
 MARKER = "stage.json"
 RUN_FILE = "run.json"
@@ -107,6 +107,16 @@ def _changes(old: dict, new: dict) -> list[str]:
     return out
 
 
+def _full_settings(s: Stage, settings: dict[str, Any]) -> dict[str, Any]:
+    """Every field of the stage's configs, defaults included (so a spelling or a default the recipe leaves out cannot
+    hide a change), less the fields the runner sets and the swept one."""
+    from seqkd.config import as_dict
+
+    full = {k: v for c in configs(s, settings, "<out>") for k, v in as_dict(c).items()}
+    drop = RUNNER_FIELDS | ({s.sweep[0]} if s.sweep else set())
+    return {k: v for k, v in sorted(full.items()) if k not in drop}
+
+
 def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only: str | None = None) -> list[Step]:
     """What a run of ``recipe`` in ``out`` does, stage by stage, and why."""
     out = Path(out)
@@ -119,7 +129,7 @@ def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only
     steps: list[Step] = []
     forced = False
     for s in recipe.stages:
-        key_settings = substitute(s.settings, {n: f"<{n}:{k}>" for n, k in keys.items()})
+        key_settings = _full_settings(s, substitute(s.settings, {n: f"<{n}:{k}>" for n, k in keys.items()}))
         key = keys[s.name] = stage_key(s, key_settings)
         d = out / "stages" / f"{s.name}-{key[:10]}"
         forced = forced or s.name == from_stage

@@ -1,0 +1,224 @@
+"""``seqkd run``: recipes load and validate, stages are cached by their settings and inputs, a changed setting reruns
+that stage and what reads it only, --from / --only / --dry-run, bad input is one line; the synthetic recipe's report
+(slow) shows the distilled student beating the baseline and the aligned draft beating the unaligned one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from seqkd.cli import main
+from seqkd.errors import SeqkdError
+from seqkd.pipeline import BUILTIN, load_recipe
+from seqkd.pipeline.jobs import RUNNERS
+from seqkd.pipeline.run import MARKER, plan, run_recipe
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_every_shipped_recipe_loads_and_plans(name, tmp_path):
+    r = load_recipe(name)
+    assert r.stages and r.description
+    steps = plan(r, tmp_path / "run")
+    assert [s.action for s in steps] == ["run"] * len(steps)
+    assert len({s.key for s in steps}) == len(steps)  # every stage its own key
+
+
+# A small recipe: real config classes, fake jobs (each writes its output and records that it ran).
+RECIPE = """
+description: caching test
+stages:
+  data:
+    job: synthetic-data
+    train_size: 10
+    corpus_size: 5
+    val_size: 3
+    test_size: 3
+  teacher:
+    job: train
+    train_source: ${data}/train.src
+    train_target: ${data}/train.tgt
+    max_steps: 5
+  corpus:
+    job: generate
+    teacher: ${teacher}
+    input: ${data}/corpus.src
+  top:
+    job: select
+    corpus: ${corpus}
+  student-a:
+    job: distill
+    teacher: ${teacher}
+    train_source: ${top}
+    kd_weight: 0.5
+  student-b:
+    job: distill
+    teacher: ${teacher}
+    train_source: ${top}
+    kd_weight: 0.2
+  evaluate:
+    job: evaluate
+    models:
+      - a=${student-a}
+      - b=${student-b}
+    src: ${data}/test.src
+    ref: ${data}/test.tgt
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """Run RECIPE in tmp_path/run with fake jobs; returns the stages that ran, in order."""
+    calls: list[str] = []
+    stages = tmp_path / "run" / "stages"
+
+    def run(*cfgs, **kw):
+        calls.append(Path(cfgs[0].out).relative_to(stages).parts[0].rsplit("-", 1)[0])
+        return {}
+
+    runners = {k: run for k in RUNNERS}
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+
+    def go(*overrides, **kw):
+        calls.clear()
+        run_recipe(load_recipe(str(path), list(overrides)), tmp_path / "run", runners=runners, report=False,
+                   progress=False, **kw)
+        return list(calls)
+
+    return go
+
+
+def test_stages_are_cached_and_a_changed_setting_reruns_what_reads_it(fake, tmp_path, capsys):
+    assert fake() == ["data", "teacher", "corpus", "top", "student-a", "student-b", "evaluate"]
+    assert fake() == []  # everything finished with these settings
+    assert "cached" in capsys.readouterr().out
+    # one student's setting: that student and the evaluation rerun; the other student, the teacher, the corpus don't
+    assert fake("student-a.kd_weight=0.7") == ["student-a", "evaluate"]
+    out = capsys.readouterr().out
+    assert "student-a" in out and "settings changed: kd_weight: 0.5 -> 0.7" in out
+    # the teacher's setting reaches every stage that reads it, directly or not
+    assert fake("student-a.kd_weight=0.7", "teacher.max_steps=6") == [
+        "teacher", "corpus", "top", "student-a", "student-b", "evaluate"]
+    # going back to the first settings finds their stages finished (directories are kept per key)
+    assert fake() == []
+    assert (tmp_path / "run" / "teacher").is_symlink() and (tmp_path / "run" / "teacher" / MARKER).is_file()
+
+
+def test_from_only_and_dry_run(fake, tmp_path, capsys):
+    fake()
+    assert fake(from_stage="student-b") == ["student-b", "evaluate"]
+    assert fake(only="top") == []  # cached: --only runs it only if it needs to
+    assert fake("top.strategy=seq-inter", only="top") == ["top"]
+    with pytest.raises(SeqkdError, match="--only student-a: it reads top, not finished"):
+        fake("top.strategy=all", only="student-a")
+    capsys.readouterr()
+    assert fake("student-b.lr=0.01", dry_run=True) == []
+    out = capsys.readouterr().out
+    assert "student-b" in out and "settings changed: lr: 0.0005 -> 0.01" in out and "reads student-b" in out
+
+
+def test_an_unfinished_stage_resumes_and_is_never_taken_for_finished(fake, tmp_path, capsys):
+    fake()
+    run = tmp_path / "run"
+    marker = next(run.glob("stages/corpus-*")) / MARKER
+    marker.unlink()  # a run killed inside the stage: its directory holds files, no marker
+    (marker.parent / "chunk-000000.jsonl").write_text("{}\n")
+    capsys.readouterr()
+    assert fake(dry_run=True) == []
+    out = capsys.readouterr().out
+    assert "resumes: its directory holds an unfinished run" in out
+    assert fake() == ["corpus"]  # same key: the stages after it are still finished
+
+
+def test_an_input_file_change_reruns_the_stage(fake, tmp_path):
+    src = tmp_path / "prompts.txt"
+    src.write_text("a\n")
+    path = tmp_path / "r2.yaml"
+    path.write_text("stages:\n  t:\n    job: train\n    train_source: " + str(src) + "\n")
+    calls = []
+    runners = {"train": lambda cfg: calls.append(cfg.out) or {}}
+    for _ in range(2):
+        run_recipe(load_recipe(str(path)), tmp_path / "r2", runners=runners, report=False, progress=False)
+    assert len(calls) == 1
+    time.sleep(0.01)
+    src.write_text("a\nb\n")
+    run_recipe(load_recipe(str(path)), tmp_path / "r2", runners=runners, report=False, progress=False)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "nosuch"], "recipe 'nosuch': no such file; built-in recipes: synthetic"),
+    (["run", "synthetic", "teacher.no_such_field=1", "--dry-run"], "stage 'teacher' (train): unknown field(s) "
+                                                                    "no_such_field"),
+    (["run", "synthetic", "nostage.x=1", "--dry-run"], "has no stage 'nostage'"),
+    (["run", "synthetic", "teacher.schedule=bogus", "--dry-run"], "stage 'teacher' (train): --schedule must be one of"),
+    (["run", "synthetic", "max_steps=3"], "give STAGE.FIELD=VALUE"),
+    (["run", "synthetic", "--from", "nosuch", "--dry-run"], "--from nosuch: no such stage"),
+    (["run", "synthetic", "--from", "teacher", "--only", "data"], "contradict"),
+])
+def test_bad_input_is_one_line(capsys, args, needle):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("seqkd: error: ") and needle in err[0], err
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("stages:\n  a:\n    job: nosuch\n", "unknown job 'nosuch'"),
+    ("stages:\n  a:\n    job: select\n    corpus: ${b}\n    out: x\n", "out is set by seqkd run"),
+    ("stages:\n  a:\n    job: select\n    corpus: ${b}\n  b:\n    job: select\n    corpus: c\n",
+     "reads ${b}, which comes later"),
+    ("stages:\n  a:\n    job: select\n    corpus: ${zzz}\n", "which is no stage of the recipe"),
+    ("stages: [1, 2]\n", "expected a mapping with a non-empty 'stages'"),
+    ("stages:\n  a:\n    job: speculate\n    target: t\n    draft: d\n    sweep: {gamma: 3}\n", "sweep takes one"),
+])
+def test_bad_recipe_files_give_one_line(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SeqkdError, match=None) as e:
+        load_recipe(str(path))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dry_run_starts_at_once_without_torch(tmp_path):
+    code = ("import sys; from seqkd.cli import main; rc = main(['run', 'synthetic', '--dry-run', '--out', "
+            f"{str(tmp_path / 'r')!r}]); print('torch' in sys.modules, rc)")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip().splitlines()[-1] == "False 0" and "not run yet" in r.stdout
+    assert time.perf_counter() - t0 < 10
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
+
+
+QUICK = ["data.train_size=4000", "data.corpus_size=400", "data.val_size=100", "data.test_size=100",
+         "teacher.max_steps=300", "teacher.eval_steps=150", "teacher.bleu_samples=100",
+         "student-baseline.max_steps=300", "student-baseline.eval_steps=150", "student-baseline.bleu_samples=100",
+         "student-seq-kd.max_steps=300", "student-seq-kd.eval_steps=150", "student-seq-kd.bleu_samples=100",
+         "draft.max_steps=60", "draft.eval_size=40", "speculate-unaligned.limit=40", "speculate-aligned.limit=40"]
+
+
+@pytest.mark.slow
+def test_synthetic_recipe_reduced_shows_what_distillation_is_for(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "synthetic", "--out", str(out), *QUICK]) == 0
+    report = json.loads((out / "report.json").read_text())
+    greedy = {r["model"]: r["bleu"] for r in report["models"]["rows"] if r["beam_size"] == 1}
+    assert greedy["teacher"] > 30
+    assert greedy["seq-kd"] > greedy["baseline"]  # seq-KD beats the baseline at greedy decoding
+    assert abs(greedy["seq-kd-ct2-int8"] - greedy["seq-kd"]) < 2  # int8 CTranslate2 keeps its quality
+    sel = report["corpus"]["selections"]
+    assert sel["select-inter"]["scores"]["bleu"] > sel["select-top"]["scores"]["bleu"]
+    align = report["drafts"]["align"]["draft"]
+    assert align["after"]["acceptance_rate"] > align["before"]["acceptance_rate"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "<table>" in html  # self-contained, plots inline
+    assert "quality_speed.png" in (out / "report.md").read_text()
+    # a second run finds every stage finished
+    t0 = time.perf_counter()
+    assert main(["run", "synthetic", "--out", str(out), *QUICK]) == 0
+    assert time.perf_counter() - t0 < 30
+    assert all(s["this_run"] == "cached" for s in json.loads((out / "report.json").read_text())["stages"].values())

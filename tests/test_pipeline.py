@@ -5,6 +5,7 @@ that stage and what reads it only, --from / --only / --dry-run, bad input is one
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -222,3 +223,45 @@ def test_synthetic_recipe_reduced_shows_what_distillation_is_for(tmp_path):
     assert main(["run", "synthetic", "--out", str(out), *QUICK]) == 0
     assert time.perf_counter() - t0 < 30
     assert all(s["this_run"] == "cached" for s in json.loads((out / "report.json").read_text())["stages"].values())
+
+
+def _timeless(x):
+    """A report without what depends on the clock (rates, times, speedups, the machine, the stages' wall time)."""
+    clock = re.compile(r"per_s|second|speed|cost|time|created|machine|bound|predicted|^stages$|started|finished")
+    if isinstance(x, dict):
+        return {k: _timeless(v) for k, v in x.items() if not clock.search(k)}
+    if isinstance(x, list):
+        return [_timeless(v) for v in x]
+    return x
+
+
+@pytest.mark.slow
+def test_a_run_killed_inside_a_stage_resumes_to_the_same_report(tmp_path):
+    """SIGKILL inside the teacher's training (after its first checkpoint); the rerun resumes it from the checkpoint
+    and finishes every stage; its report equals an uninterrupted run's, timings aside. Each run is a fresh process,
+    as a user's are (float sums on CPU may differ in their last bits with the memory layout of a long-lived one)."""
+    import os
+    import signal
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+
+    def cmd(out):
+        return [sys.executable, "-m", "seqkd", "run", "synthetic", "--out", str(out), *QUICK]
+
+    p = subprocess.Popen(cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(killed.glob("stages/teacher-*/checkpoint-150")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    teacher = next(killed.glob("stages/teacher-*"))
+    assert not (teacher / MARKER).exists() and not (killed / "report.json").exists()
+    runs = [subprocess.run(cmd(out), capture_output=True, text=True) for out in (killed, clean)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:] + runs[1].stderr[-2000:]
+    assert "teacher (train): resumes: its directory holds an unfinished run" in runs[0].stdout
+    summary = json.loads((teacher / "train_summary.json").read_text())
+    assert summary["steps"] == 300
+    a, b = (json.loads((d / "report.json").read_text()) for d in (killed, clean))
+    assert a["command"][3:5] == ["--out", "."]  # paths in the run directory are relative to it
+    assert _timeless(a) == _timeless(b)
+    assert a["models"]["rows"] and a["drafts"]["speculate"]

@@ -61,7 +61,7 @@ def _models(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
     blocks: list[Block] = [("h2", "Models: quality and speed"),
                            ("p", f"Test set: {', '.join(sorted(tests))}; {rows[0]['sentences']} sentences. BLEU and "
                                  f"chrF by sacrebleu ({rows[0]['bleu_signature']}; {rows[0]['chrf_signature']}). "
-                                 "Words/s: output words over the wall time of the whole decoding loop, one pass.")]
+                                 "Words/s: output words over the wall time of the whole decoding loop, one pass after a warm-up.")]
     table = [[r["model"], r["engine"], str(r["beam_size"]), _fmt(r["bleu"]), _fmt(r["chrf"]),
               _fmt(r["words_per_s"], ".0f"), str(r["speed"].get("batch_size")), str(r["speed"].get("threads")),
               f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "n/a"] for r in rows]
@@ -202,6 +202,21 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
     return blocks, data
 
 
+def _relative(x: Any, out: Path) -> Any:
+    """``x`` with the run directory's paths made relative to it (a report moves with its run, and names no path of
+    the machine that made it)."""
+    prefixes = sorted({str(out), str(out.resolve())}, key=len, reverse=True)
+    if isinstance(x, str):
+        for p in prefixes:
+            x = "." if x == p else x.replace(p + "/", "")
+        return x
+    if isinstance(x, dict):
+        return {k: _relative(v, out) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_relative(v, out) for v in x]
+    return x
+
+
 def _as_list(x):
     return x if isinstance(x, list) else [x]
 
@@ -274,7 +289,7 @@ def write_report(out: str | Path, recipe, steps, markers: dict[str, dict], *, ar
                    f"stages/{m['dir']}"] for n, m in markers.items()]
     blocks += [("h2", "Stages"), ("table", ["stage", "job", "this run", "wall time (s)", "directory"], stage_rows)]
     env = machine()
-    cmd = " ".join(argv) if argv else f"seqkd run {recipe.name}"
+    cmd = _relative(" ".join(argv), out) if argv else f"seqkd run {recipe.name}"
     blocks += [("h2", "Machine and versions"), ("pre", json.dumps(env, indent=1)),
                ("h2", "Command and recipe"), ("pre", cmd + (("\noverrides: " + " ".join(recipe.overrides))
                                                             if recipe.overrides else "")),
@@ -286,6 +301,7 @@ def write_report(out: str | Path, recipe, steps, markers: dict[str, dict], *, ar
                                              "this_run": "cached" if ran.get(n) == "cached" else "ran"}
                                          for n, m in markers.items()},
               **sections}
+    report = _relative(report, out)
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     files = out / "report_files"
     files.mkdir(exist_ok=True)

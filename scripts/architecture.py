@@ -113,21 +113,27 @@ def render() -> str:
     return "\n".join(tree + ["", *lines])
 
 
-def update(readme: Path, check: bool) -> int:
+def update_block(readme: Path, begin: str, end: str, body: str, *, check: bool, how: str) -> int:
+    """Replace what stands between ``begin`` and ``end`` in ``readme`` with ``body`` (or, with ``check``, exit 1 if
+    it differs: ``how`` says how to regenerate it)."""
     text = readme.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        print(f"{readme}: no {BEGIN} ... {END} markers", file=sys.stderr)
+    if begin not in text or end not in text:
+        print(f"{readme}: no {begin} ... {end} markers", file=sys.stderr)
         return 1
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{render()}\n{END}{tail}"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{body}\n{end}{tail}"
     if check:
         if new != text:
-            print("README.md's architecture block is out of date: run python scripts/architecture.py", file=sys.stderr)
+            print(f"README.md's block {begin} is out of date: run {how}", file=sys.stderr)
             return 1
         return 0
     readme.write_text(new, encoding="utf-8")
     return 0
+
+
+def update(readme: Path, check: bool) -> int:
+    return update_block(readme, BEGIN, END, render(), check=check, how="python scripts/architecture.py")
 
 
 if __name__ == "__main__":

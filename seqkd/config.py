@@ -468,6 +468,17 @@ class GenerateConfig:
     ensemble: Literal["logprob", "prob"] = _help(
         "ensemble: per step, the weighted mean of the teachers' log-probabilities (logprob, renormalised: a "
         "geometric mean, as MT ensembles decode) or of their probabilities (prob: a mixture)", default="logprob")
+    executor: Literal["local", "ray"] = _help(
+        "local: this process decodes (--shard i/N: this worker's share); ray: --workers Ray tasks decode one shard "
+        "each (in a Ray cluster's workers; the output directory on storage every node sees), then the corpus is "
+        "merged (byte-identical to a local run)", default="local")
+    workers: int = _help("--executor ray: shards, one Ray task each", default=2)
+    ray_address: str | None = _help("--executor ray: a running cluster (auto, ray://HOST:10001); default: start a "
+                                    "local one", default=None)
+    ray_cpus: float = _help("--executor ray: CPUs per task (Ray sets the task's thread count to it)", default=1.0)
+    ray_gpus: float = _help("--executor ray: GPUs per task", default=0.0)
+    ray_retries: int = _help("--executor ray: times a task whose worker died is retried (it resumes its chunks)",
+                             default=3)
 
     def __post_init__(self) -> None:
         # --engine-arg a=1 --engine-arg b=2 arrives as [[a=1], [b=2]]; a config file gives a flat list (and
@@ -483,7 +494,12 @@ class GenerateConfig:
         self.weights()
         if bool(self.data) == bool(self.input):
             raise SeqkdError("give either --input FILE or --data NAME (a registered dataset, e.g. multi30k:de-en)")
-        _at_least(self, 1, "limit", "chunk_size", "max_source_len", "batch_size", "tensor_parallel_size")
+        _at_least(self, 1, "limit", "chunk_size", "max_source_len", "batch_size", "tensor_parallel_size", "workers")
+        _at_least(self, 0, "ray_cpus", "ray_gpus", "ray_retries")
+        if self.executor == "ray" and self.shard != "0/1":
+            raise SeqkdError("--executor ray assigns the shards itself (--workers N): leave --shard at 0/1")
+        if self.executor == "ray" and self.no_merge:
+            raise SeqkdError("--executor ray merges the shards it decoded: drop --no-merge")
         if self.engine == "hf" and (self.tensor_parallel_size != 1 or self.engine_arg):
             raise SeqkdError("--tensor-parallel-size and --engine-arg are options of --engine vllm")
         if self.dtype == "auto" and self.engine != "vllm":

@@ -27,3 +27,9 @@ def test_the_diagram_names_every_subpackage_and_its_modules():
             if mod.name != "__init__.py":
                 assert mod.stem in block, (rel, mod.stem)
     assert "student_losses" in block and "teacher --> teacher_engines" in block
+
+
+def test_readme_results_block_matches_the_committed_report():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_results.py"), "--check"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr

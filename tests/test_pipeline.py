@@ -97,6 +97,7 @@ def fake(tmp_path):
 def test_stages_are_cached_and_a_changed_setting_reruns_what_reads_it(fake, tmp_path, capsys):
     assert fake() == ["data", "teacher", "corpus", "top", "student-a", "student-b", "evaluate"]
     assert fake() == []  # everything finished with these settings
+    assert fake("student-a.lr=0.0005", "student-b.kd_mode=online") == []  # defaults spelt out: the same stages
     assert "cached" in capsys.readouterr().out
     # one student's setting: that student and the evaluation rerun; the other student, the teacher, the corpus don't
     assert fake("student-a.kd_weight=0.7") == ["student-a", "evaluate"]

@@ -14,6 +14,7 @@ import datetime
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def _relative(x: Any, out: Path) -> Any:
     prefixes = sorted({str(out), str(out.resolve())}, key=len, reverse=True)
     if isinstance(x, str):
         for p in prefixes:
-            x = "." if x == p else x.replace(p + "/", "")
+            x = re.sub(re.escape(p) + r"(/|(?![\w.-]))", lambda m: "" if m.group(1) else ".", x)
         return x
     if isinstance(x, dict):
         return {k: _relative(v, out) for k, v in x.items()}

@@ -48,7 +48,8 @@ class Step:
     dir: Path
     action: str
     reason: str
-    key_settings: dict[str, Any]  # the settings as hashed (references as <name:key>)
+    key_settings: dict[str, Any]  # the settings as hashed: those not at their defaults (references as <name:key>)
+    settings: dict[str, Any]  # every field, defaults included
 
     @property
     def output(self) -> str:
@@ -103,18 +104,31 @@ def _changes(old: dict, new: dict) -> list[str]:
     out = []
     for k in sorted(old.keys() | new.keys()):
         if old.get(k) != new.get(k):
-            out.append(f"{k}: {old.get(k, '(default)')!r} -> {new.get(k, '(default)')!r}")
+            out.append(f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}")
     return out
 
 
-def _full_settings(s: Stage, settings: dict[str, Any]) -> dict[str, Any]:
-    """Every field of the stage's configs, defaults included (so a spelling or a default the recipe leaves out cannot
-    hide a change), less the fields the runner sets and the swept one."""
+def _full_settings(s: Stage, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(every field of the stage's configs, defaults included; the fields that differ from their defaults), less
+    the fields the runner sets and the swept one. The second is what the key hashes: a spelling the recipe uses or
+    a field a later seqkd adds with its default does not change it; the first is what --dry-run compares."""
+    import dataclasses
+
     from seqkd.config import as_dict
 
-    full = {k: v for c in configs(s, settings, "<out>") for k, v in as_dict(c).items()}
+    full: dict[str, Any] = {}
+    changed: dict[str, Any] = {}
     drop = RUNNER_FIELDS | ({s.sweep[0]} if s.sweep else set())
-    return {k: v for k, v in sorted(full.items()) if k not in drop}
+    for c in configs(s, settings, "<out>"):
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
+                    f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+                    for f in dataclasses.fields(c)}
+        for k, v in as_dict(c).items():
+            if k not in drop:
+                full[k] = v
+                if defaults.get(k, dataclasses.MISSING) is dataclasses.MISSING or v != defaults[k]:
+                    changed[k] = v
+    return dict(sorted(full.items())), dict(sorted(changed.items()))
 
 
 def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only: str | None = None) -> list[Step]:
@@ -129,7 +143,7 @@ def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only
     steps: list[Step] = []
     forced = False
     for s in recipe.stages:
-        key_settings = _full_settings(s, substitute(s.settings, {n: f"<{n}:{k}>" for n, k in keys.items()}))
+        full, key_settings = _full_settings(s, substitute(s.settings, {n: f"<{n}:{k}>" for n, k in keys.items()}))
         key = keys[s.name] = stage_key(s, key_settings)
         d = out / "stages" / f"{s.name}-{key[:10]}"
         forced = forced or s.name == from_stage
@@ -141,8 +155,8 @@ def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only
         elif is_finished(d, key):
             action, reason = "cached", "finished with these settings and inputs"
         else:
-            action, reason = "run", _why(s, key, key_settings, d, previous.get(s.name), upstream)
-        steps.append(Step(s, key, d, action, reason, key_settings))
+            action, reason = "run", _why(s, key, full, d, previous.get(s.name), upstream)
+        steps.append(Step(s, key, d, action, reason, key_settings, full))
     if only is not None:
         target = next(st for st in steps if st.stage.name == only)
         missing = [st.stage.name for st in steps if st.stage.name in target.stage.refs()
@@ -153,7 +167,7 @@ def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only
     return steps
 
 
-def _why(s: Stage, key: str, key_settings: dict, d: Path, prev: dict | None, upstream: list[Step]) -> str:
+def _why(s: Stage, key: str, full: dict, d: Path, prev: dict | None, upstream: list[Step]) -> str:
     if d.is_dir() and any(d.iterdir()):
         return "resumes: its directory holds an unfinished run"
     changed_inputs = [st.stage.name for st in upstream if st.action == "run"]
@@ -162,7 +176,7 @@ def _why(s: Stage, key: str, key_settings: dict, d: Path, prev: dict | None, ups
     if prev is None:
         return "not run yet"
     if prev.get("key") != key:
-        diff = _changes(prev.get("key_settings", {}), key_settings)
+        diff = _changes(prev.get("settings", {}), full)
         if prev.get("sweep") != (list(s.sweep) if s.sweep else None):
             diff.append(f"sweep: {prev.get('sweep')} -> {list(s.sweep) if s.sweep else None}")
         return "settings changed: " + "; ".join(diff) if diff else "an input file changed"
@@ -227,7 +241,7 @@ def _record(out: Path, recipe: Recipe, steps: list[Step], argv: list[str] | None
     for st in steps:
         if is_finished(st.dir, st.key):
             stages[st.stage.name] = {"key": st.key, "dir": str(st.dir.relative_to(out)), "job": st.stage.job,
-                                     "key_settings": st.key_settings,
+                                     "settings": st.settings,
                                      "sweep": list(st.stage.sweep) if st.stage.sweep else None}
     atomic_write_json(out / RUN_FILE, {"recipe": recipe.name, "overrides": recipe.overrides, "command": argv,
                                        "source": recipe.source, "stages": stages})

@@ -51,6 +51,10 @@ def generate(a: GenerateConfig, settings: DecodeSettings, *, command: list[str] 
     from seqkd.teacher.corpus import check_corpus_dir, generate_corpus
     from seqkd.teacher.engines import get_engine
 
+    if a.executor == "ray":
+        from seqkd.teacher.ray_executor import generate_on_ray
+
+        return generate_on_ray(a, settings, command=command)
     examples, path = read_examples(a)
     if not examples:
         raise SeqkdError(f"nothing to decode: {a.input or a.data} has no non-empty lines")

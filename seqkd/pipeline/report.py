@@ -62,8 +62,8 @@ def _models(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
     blocks: list[Block] = [("h2", "Models: quality and speed"),
                            ("p", f"Test set: {', '.join(sorted(tests))}; {rows[0]['sentences']} sentences. BLEU and "
                                  f"chrF by sacrebleu ({rows[0]['bleu_signature']}; {rows[0]['chrf_signature']}). "
-                                 "Words/s: output words over the wall time of the whole decoding loop, one pass after a "
-                                 "warm-up.")]
+                                 "Words/s: output words over the wall time of the whole decoding loop, one pass after "
+                                 "a warm-up.")]
     table = [[r["model"], r["engine"], str(r["beam_size"]), _fmt(r["bleu"]), _fmt(r["chrf"]),
               _fmt(r["words_per_s"], ".0f"), str(r["speed"].get("batch_size")), str(r["speed"].get("threads")),
               f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "n/a"] for r in rows]

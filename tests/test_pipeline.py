@@ -177,6 +177,8 @@ def test_bad_input_is_one_line(capsys, args, needle):
     ("stages:\n  a:\n    job: select\n    corpus: ${zzz}\n", "which is no stage of the recipe"),
     ("stages: [1, 2]\n", "expected a mapping with a non-empty 'stages'"),
     ("stages:\n  a:\n    job: speculate\n    target: t\n    draft: d\n    sweep: {gamma: 3}\n", "sweep takes one"),
+    ("stages:\n  a:\n    job: select\n    corpus: c\n    launch: {processes: 2}\n", "for training jobs"),
+    ("stages:\n  a:\n    job: train\n    data: synthetic\n    launch: {gpus: 2}\n", "launch takes {processes: N}"),
 ])
 def test_bad_recipe_files_give_one_line(tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
@@ -266,3 +268,25 @@ def test_a_run_killed_inside_a_stage_resumes_to_the_same_report(tmp_path):
     assert a["command"][3:5] == ["--out", "."]  # paths in the run directory are relative to it
     assert _timeless(a) == _timeless(b)
     assert a["models"]["rows"] and a["drafts"]["speculate"]
+
+
+@pytest.mark.slow
+def test_a_training_stage_launched_in_two_processes(tmp_path):
+    """launch: {processes: 2} runs the job under torchrun (DDP, 2 CPU processes with gloo): each process takes every
+    other batch, so an epoch is half the steps of the one-process stage beside it; the launched stage is keyed apart."""
+    path = tmp_path / "ddp.yaml"
+    common = ("    job: train\n    model: marian-tiny\n    train_source: ${data}/train.src\n"
+              "    train_target: ${data}/train.tgt\n    vocab_size: 128\n    max_steps: 4\n    max_tokens: 512\n"
+              "    eval_steps: 0\n    bleu_samples: 0\n")
+    path.write_text("stages:\n  data:\n    job: synthetic-data\n    train_size: 300\n    corpus_size: 1\n"
+                    "    val_size: 1\n    test_size: 1\n  one:\n" + common + "  two:\n" + common
+                    + "    launch: {processes: 2}\n")
+    r = load_recipe(str(path))
+    assert r.stage("two").processes == 2
+    steps = plan(r, tmp_path / "run")
+    assert steps[1].key != steps[2].key  # same settings, another run
+    run_recipe(r, tmp_path / "run", progress=False, report=False)
+    one, two = (json.loads((tmp_path / "run" / n / "train_summary.json").read_text()) for n in ("one", "two"))
+    assert one["steps"] == two["steps"] == 4
+    assert two["steps_per_epoch"] == -(-one["steps_per_epoch"] // 2)
+    assert (tmp_path / "run" / "two" / "model.safetensors").is_file()

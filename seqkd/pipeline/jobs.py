@@ -36,16 +36,36 @@ def _tokenizer(cfg) -> dict:
     return train_tokenizer_job(cfg)
 
 
-def _train(cfg) -> dict:
+def _train(cfg, processes: int = 1) -> dict:
+    if processes > 1:
+        return _describe_model(_launched("train", cfg, processes), cfg.out)
     from seqkd.student.train import train
 
     return _describe_model(train(cfg), cfg.out)
 
 
-def _distill(cfg) -> dict:
+def _distill(cfg, processes: int = 1) -> dict:
+    if processes > 1:
+        return _describe_model(_launched("distill", cfg, processes), cfg.out)
     from seqkd.student.distill import distill
 
     return _describe_model(distill(cfg), cfg.out)
+
+
+def _launched(job: str, cfg, processes: int) -> dict:
+    """``seqkd JOB`` in ``processes`` processes under torchrun (DDP through the HF Trainer / accelerate: one GPU per
+    process, or CPU processes with gloo and the cores shared out); returns the run's summary."""
+    import json
+    import sys
+
+    import torch
+
+    env = {}
+    if not torch.cuda.is_available():
+        env = {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // processes))}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    _in_subprocess([job], cfg, launcher=launcher, env=env)
+    return json.loads(open(os.path.join(cfg.out, "train_summary.json"), encoding="utf-8").read())
 
 
 def _describe_model(summary: dict, out: str) -> dict:
@@ -56,9 +76,10 @@ def _describe_model(summary: dict, out: str) -> dict:
     return summary | {"parameters": count_parameters(model), "non_embedding_parameters": count_non_embedding(model)}
 
 
-def _in_subprocess(words: list[str], *cfgs) -> None:
-    """Run ``seqkd WORDS --config FILE`` (the configs' fields) in a fresh process: vLLM changes the thread settings
-    of the process that starts it, which would slow every later stage; its own process keeps ours as they are."""
+def _in_subprocess(words: list[str], *cfgs, launcher: list[str] | None = None, env: dict | None = None) -> None:
+    """Run ``seqkd WORDS --config FILE`` (the configs' fields) in a fresh process (or under ``launcher``, e.g.
+    torchrun): vLLM changes the thread settings of the process that starts it, which would slow every later stage;
+    its own process keeps ours as they are."""
     import json
     import subprocess
     import sys
@@ -67,10 +88,13 @@ def _in_subprocess(words: list[str], *cfgs) -> None:
     from seqkd.config import as_dict
 
     fields = {k: v for c in cfgs for k, v in as_dict(c).items()}
+    if "progress" in fields:
+        fields["progress"] = False  # one bar per process would interleave
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(fields, f)
     try:
-        subprocess.run([sys.executable, "-m", "seqkd", *words, "--config", f.name], check=True)
+        subprocess.run([*(launcher or [sys.executable]), "-m", "seqkd", *words, "--config", f.name], check=True,
+                       env={**os.environ, **(env or {})})
     except subprocess.CalledProcessError as e:
         from seqkd.errors import SeqkdError
 

@@ -15,6 +15,9 @@ A recipe file::
       speculate:
         job: speculate
         sweep: {gamma: [2, 4, 6]}  # the job once per value; its results are a list
+      student:
+        job: distill
+        launch: {processes: 2}   # DDP: torchrun starts 2 processes (GPUs, or CPU processes with gloo)
 
 ``${name}`` is the output of the stage called ``name`` (which must come earlier); ``${name}/file`` a file in its
 directory. A stage never sets ``out``: the runner gives each stage a directory keyed by its settings. Loading a recipe
@@ -66,6 +69,7 @@ class Stage:
     job: str
     settings: dict[str, Any]
     sweep: tuple[str, list] | None = None
+    processes: int = 1  # launch: {processes: N}: a training job in N processes (DDP, torchrun)
 
     def refs(self) -> list[str]:
         """Names of the stages this one reads, in order of first use."""
@@ -187,11 +191,18 @@ def _stage(name: str, spec: Any, path: Path) -> Stage:
                              "sweep: {gamma: [2, 4, 6]}")
         sweep = next(iter(sweep.items()))
         sweep = (sweep[0].replace("-", "_"), sweep[1])
+    launch = settings.pop("launch", None) or {}
+    if not isinstance(launch, dict) or set(launch) - {"processes"} or not isinstance(launch.get("processes", 1), int) \
+            or launch.get("processes", 1) < 1:
+        raise SeqkdError(f"{where}: launch takes {{processes: N}} (N >= 1 processes, DDP)")
+    processes = launch.get("processes", 1)
+    if processes > 1 and job not in ("train", "distill"):
+        raise SeqkdError(f"{where}: launch: {{processes: N}} is for training jobs (train, distill), not {job}")
     given = set(settings) & RUNNER_FIELDS
     if given:
         raise SeqkdError(f"{where}: {', '.join(sorted(given))} is set by seqkd run (each stage gets its own "
                          "directory); leave it out")
-    return Stage(name=name, job=job, settings=settings, sweep=sweep)
+    return Stage(name=name, job=job, settings=settings, sweep=sweep, processes=processes)
 
 
 def configs(stage: Stage, settings: dict[str, Any], out: str, sweep_value: Any = None,

@@ -83,6 +83,8 @@ def stage_key(stage: Stage, key_settings: dict[str, Any]) -> str:
     files = {s: _fingerprint(s) for s in _strings(key_settings)
              if not s.startswith("<") and len(s) < 4096 and os.path.exists(s)}
     payload = {"job": stage.job, "settings": key_settings, "sweep": stage.sweep, "files": files}
+    if stage.processes > 1:  # N processes train on N x the batch: another run
+        payload["processes"] = stage.processes
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -212,7 +214,8 @@ def run_stage(step: Step, outputs: dict[str, str], *, progress: bool, command: l
         where.mkdir(parents=True, exist_ok=True)
         has_ckpt = any(where.glob("checkpoint-*"))
         cfgs = configs(s, settings, str(where), value, runner_fields(s.job, has_ckpt, progress))
-        kwargs = {"command": command} if s.job == "generate" else {}
+        kwargs = {"command": command} if s.job == "generate" else {"processes": s.processes} if s.processes > 1 \
+            else {}
         results.append(runners[s.job](*cfgs, **kwargs))
     marker = {"name": s.name, "job": s.job, "key": step.key, "dir": d.name, "settings": settings,
               "key_settings": step.key_settings,

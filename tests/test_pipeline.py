@@ -290,3 +290,22 @@ def test_a_training_stage_launched_in_two_processes(tmp_path):
     assert one["steps"] == two["steps"] == 4
     assert two["steps_per_epoch"] == -(-one["steps_per_epoch"] // 2)
     assert (tmp_path / "run" / "two" / "model.safetensors").is_file()
+
+
+def test_text_prompts_split_train_from_held_out_lines():
+    """The dataset job's prompt files: train from the first 90% of the (long enough) lines, val / test from the two
+    halves of the rest, never overlapping; too few lines for what is asked is one line."""
+    from seqkd.config import DatasetConfig
+    from seqkd.data.splits import text_prompts
+    from seqkd.errors import DataError
+
+    text = "\n".join(f"line number {i:05d} of the play, long enough" for i in range(2000)) + "\nshort\n"
+    split = text_prompts(text, train=100, val=5, test=5)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [100, 5, 5]
+    ids = {k: [int(x.split()[2]) for x in v] for k, v in split.items()}
+    assert max(ids["train"]) < 1800 <= min(ids["val"]) and max(ids["val"]) < 1900 <= min(ids["test"])
+    assert ids["train"][:3] == [0, 18, 36]  # spread over the first 90%
+    with pytest.raises(DataError, match="only 20 val prompts"):
+        text_prompts(text, train=10, val=50, test=5)
+    with pytest.raises(SeqkdError, match="--template must contain"):
+        DatasetConfig(name="tinyshakespeare", out="o", template="no slot")

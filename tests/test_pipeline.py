@@ -305,7 +305,7 @@ def test_text_prompts_split_train_from_held_out_lines():
     ids = {k: [int(x.split()[2]) for x in v] for k, v in split.items()}
     assert max(ids["train"]) < 1800 <= min(ids["val"]) and max(ids["val"]) < 1900 <= min(ids["test"])
     assert ids["train"][:3] == [0, 18, 36]  # spread over the first 90%
-    with pytest.raises(DataError, match="only 20 val prompts"):
+    with pytest.raises(DataError, match="only 10 val prompts"):
         text_prompts(text, train=10, val=50, test=5)
     with pytest.raises(SeqkdError, match="--template must contain"):
         DatasetConfig(name="tinyshakespeare", out="o", template="no slot")

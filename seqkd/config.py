@@ -726,6 +726,16 @@ class DatasetConfig:
 
 
 @dataclass
+class ModelRefConfig:
+    """A recipe stage that is a model you already have (a teacher, a target): its directory (or a GGUF file's
+    conversion, via the convert-gguf job) stands where a training stage's output would. ``seqkd run RECIPE
+    teacher.job=model teacher.path=DIR`` points a recipe at your own teacher."""
+
+    path: str = _help("model directory (config.json + weights + tokenizer)")
+    out: str = _help("the stage's directory (a record of what was used)")
+
+
+@dataclass
 class EvaluateConfig:
     """Several models on one test set: BLEU / chrF (sacrebleu, with its signature) and words/s, per beam size; a
     CTranslate2 export decodes with --engine ct2, any other model directory with HF."""

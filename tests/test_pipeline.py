@@ -29,6 +29,12 @@ def test_every_shipped_recipe_loads_and_plans(name, tmp_path):
     assert len({s.key for s in steps}) == len(steps)  # every stage its own key
 
 
+def test_every_job_has_a_runner():
+    from seqkd.pipeline.recipe import JOBS
+
+    assert set(RUNNERS) == set(JOBS)
+
+
 # A small recipe: real config classes, fake jobs (each writes its output and records that it ran).
 RECIPE = """
 description: caching test
@@ -309,3 +315,26 @@ def test_text_prompts_split_train_from_held_out_lines():
         text_prompts(text, train=10, val=50, test=5)
     with pytest.raises(SeqkdError, match="--template must contain"):
         DatasetConfig(name="tinyshakespeare", out="o", template="no slot")
+
+
+def test_a_recipe_pointed_at_your_own_teacher(tmp_path, tiny_mt_model):
+    """teacher.job=model teacher.path=DIR replaces the teacher's training by a model you have: the stages that read
+    ${teacher} get DIR itself; a directory that holds no model is one line when the stage runs."""
+    seen: dict[str, object] = {}
+
+    def record(*cfgs, **kw):
+        seen[type(cfgs[0]).__name__] = cfgs[0]
+        return {}
+
+    runners = {k: record for k in RUNNERS} | {"model": RUNNERS["model"]}
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    r = load_recipe(str(path), [f"teacher.path={tiny_mt_model}", "teacher.job=model"])  # job= applies first
+    assert r.stage("teacher").settings == {"path": str(tiny_mt_model)}
+    run_recipe(r, tmp_path / "run", runners=runners, report=False, progress=False)
+    assert seen["GenerateConfig"].teacher == [str(tiny_mt_model)]
+    assert seen["DistillConfig"].teacher == [str(tiny_mt_model)]
+    assert "TrainConfig" not in seen
+    bad = load_recipe(str(path), ["teacher.job=model", f"teacher.path={tmp_path}"])
+    with pytest.raises(SeqkdError, match="not a model directory"):
+        run_recipe(bad, tmp_path / "run2", runners=runners, report=False, progress=False)

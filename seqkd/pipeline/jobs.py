@@ -17,6 +17,21 @@ def _synthetic_data(cfg) -> dict:
     return {"sizes": write_splits(cfg.out, sizes=sizes, seed=cfg.seed, multimodality=cfg.multimodality)}
 
 
+def _model(cfg) -> dict:
+    import json
+
+    from seqkd.errors import SeqkdError
+    from seqkd.io import atomic_write_json, is_model_dir
+
+    if not is_model_dir(cfg.path):
+        raise SeqkdError(f"{cfg.path}: not a model directory (config.json + weights); for a GGUF file use the "
+                         "convert-gguf job")
+    info = {"path": cfg.path, "model_type": json.loads(open(os.path.join(cfg.path, "config.json")).read()).get(
+        "model_type")}
+    atomic_write_json(os.path.join(cfg.out, "model.json"), info)
+    return info
+
+
 def _dataset(cfg) -> dict:
     from seqkd.data.splits import write_dataset
 
@@ -164,10 +179,10 @@ def _evaluate(cfg) -> dict:
 
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "synthetic-data": _synthetic_data, "dataset": _dataset, "convert-gguf": _convert_gguf, "tokenizer": _tokenizer,
-    "train": _train, "generate": _generate,
-    "select": _select, "distill": _distill, "export": _export, "draft-init": _draft_init,
-    "draft-vocab": _draft_vocab, "align": _align, "speculate": _speculate, "evaluate": _evaluate,
+    "model": _model, "synthetic-data": _synthetic_data, "dataset": _dataset, "convert-gguf": _convert_gguf,
+    "tokenizer": _tokenizer, "train": _train, "generate": _generate, "select": _select, "distill": _distill,
+    "export": _export, "draft-init": _draft_init, "draft-vocab": _draft_vocab, "align": _align,
+    "speculate": _speculate, "evaluate": _evaluate,
 }
 # runner-set fields (seqkd.pipeline.recipe.RUNNER_FIELDS) for a stage whose directory holds a killed run's files:
 # training resumes from its checkpoint (or starts over before the first one); a corpus resumes by itself (chunks);

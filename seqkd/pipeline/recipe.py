@@ -39,8 +39,10 @@ from seqkd import config as C
 from seqkd.errors import SeqkdError
 
 REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
-# job -> (config classes, the stage's primary output relative to its directory: what ${stage} means)
+# job -> (config classes, the stage's primary output relative to its directory: what ${stage} means; None: the
+# stage's ``path`` field)
 JOBS: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((C.ModelRefConfig,), None),  # its output is the model's own directory, not the stage's
     "synthetic-data": ((C.SyntheticDataConfig,), ""),
     "dataset": ((C.DatasetConfig,), ""),
     "convert-gguf": ((C.ConvertGgufConfig,), "model"),
@@ -144,7 +146,7 @@ def load_recipe(recipe: str, overrides: list[str] = ()) -> Recipe:
     if unknown:
         raise SeqkdError(f"recipe {path}: unknown key(s) {', '.join(sorted(unknown))} (description, stages)")
     stages_data = copy.deepcopy(data["stages"])
-    for kv in overrides:
+    for kv in sorted(overrides, key=lambda kv: kv.partition("=")[0].partition(".")[2] != "job"):  # job= first
         _apply_override(stages_data, kv, path)
     name = path.stem if recipe_path(recipe) is None else recipe
     stages = [_stage(n, s, path) for n, s in stages_data.items()]
@@ -166,6 +168,9 @@ def _apply_override(stages: dict, kv: str, path: Path) -> None:
     except yaml.YAMLError:
         value = raw
     fld = fld.replace("-", "_")
+    if fld == "job" and stages[stage].get("job") != value:  # another job: the stage's old fields do not apply
+        stages[stage] = {"job": value}
+        return
     if fld.startswith("sweep."):  # sweep.gamma=[2,4]
         stages[stage].setdefault("sweep", {})
         stages[stage]["sweep"] = {fld.split(".", 1)[1]: value}
@@ -214,7 +219,7 @@ def configs(stage: Stage, settings: dict[str, Any], out: str, sweep_value: Any =
     values = dict(settings)
     if stage.sweep is not None:
         values[stage.sweep[0]] = sweep_value if sweep_value is not None else stage.sweep[1][0]
-    values["out"] = str(Path(out) / primary) if primary else out
+    values["out"] = str(Path(out) / primary) if primary else out  # (a model stage's out: its record)
     known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:

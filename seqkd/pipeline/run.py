@@ -51,9 +51,12 @@ class Step:
     key_settings: dict[str, Any]  # the settings as hashed: those not at their defaults (references as <name:key>)
     settings: dict[str, Any]  # every field, defaults included
 
-    @property
-    def output(self) -> str:
-        return str(self.dir / JOBS[self.stage.job][1]) if JOBS[self.stage.job][1] else str(self.dir)
+    def output(self, outputs: dict[str, str]) -> str:
+        """What ``${name}`` means for the stages after it (``outputs``: the earlier stages')."""
+        primary = JOBS[self.stage.job][1]
+        if primary is None:  # a model you have: its own directory
+            return substitute(self.stage.settings["path"], outputs)
+        return str(self.dir / primary) if primary else str(self.dir)
 
 
 def _fingerprint(path: str) -> Any:
@@ -261,7 +264,9 @@ def run_recipe(recipe: Recipe, out: str | Path, *, from_stage: str | None = None
     if dry_run:
         return {"steps": steps, "markers": {}}
     out.mkdir(parents=True, exist_ok=True)
-    outputs = {st.stage.name: st.output for st in steps}
+    outputs: dict[str, str] = {}
+    for st in steps:
+        outputs[st.stage.name] = st.output(outputs)
     markers: dict[str, dict] = {}
     for i, st in enumerate(steps, 1):
         if st.action == "skip":

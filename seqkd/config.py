@@ -740,7 +740,8 @@ class EvaluateConfig:
     """Several models on one test set: BLEU / chrF (sacrebleu, with its signature) and words/s, per beam size; a
     CTranslate2 export decodes with --engine ct2, any other model directory with HF."""
 
-    models: list[str] = _help("NAME=DIR entries (DIR alone: its name is the directory's)")
+    models: list[str] = _help("NAME=DIR entries (DIR alone: its name is the directory's); NAME=DIR_A+DIR_B: an "
+                              "ensemble of teachers decoding as one (equal weights, per-step log-prob mean)")
     out: str = _help("results file (JSON)")
     src: str | None = _help("source file", default=None)
     ref: str | None = _help("reference file aligned with --src", default=None)
@@ -781,7 +782,8 @@ class RunConfig:
     """``seqkd run``: a whole recipe (data -> teacher -> corpus -> students -> export -> draft -> speculative decoding
     -> evaluation -> report), one cached stage at a time."""
 
-    recipe: str = _help("a built-in recipe (synthetic, multi30k-de-en, smollm2-draft) or a YAML file", positional=True)
+    recipe: str = _help("a built-in recipe (synthetic, multi30k-de-en, multi30k-teachers, smollm2-draft) or a YAML "
+                        "file", positional=True)
     overrides: list[str] = _help("KEY=VALUE settings over the recipe's: STAGE.FIELD=VALUE (e.g. teacher.max_steps=200)"
                                  ", VALUE read as YAML", default_factory=list, positional=True)
     out: str | None = _help("run directory (default: runs/RECIPE)", default=None)

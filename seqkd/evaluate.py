@@ -92,6 +92,40 @@ class HFTranslator:
         return translate(self.model, self.src_tok, self.tgt_tok, sources, **kw)
 
 
+class EnsembleTranslator:
+    """Teachers that share a tokenizer, decoding as one model (per step, the mean of their log-probabilities: the HF
+    engine's ensemble, :mod:`seqkd.teacher.ensemble`); greedy or beam search, the best output per source."""
+
+    engine = "hf"
+
+    def __init__(self, model_dirs: Sequence[str], *, batch_size: int = 64):
+        from seqkd.teacher.engines import get_engine
+
+        self.dirs = list(model_dirs)
+        self.teacher = get_engine("hf", self.dirs[0], ensemble=self.dirs[1:], batch_size=batch_size)
+        self.model = None  # parameters: see parameters()
+
+    @property
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
+    def translate(self, sources: Sequence[str], *, beam_size: int = 1, max_new_tokens: int = 128, **kw) -> list[str]:
+        from seqkd.teacher.engines import DecodeSettings
+
+        settings = DecodeSettings(mode="beam" if beam_size > 1 else "greedy", beam_size=beam_size, nbest=1,
+                                  max_new_tokens=max_new_tokens) if beam_size > 1 else \
+            DecodeSettings(mode="greedy", max_new_tokens=max_new_tokens)
+        out = self.teacher.generate(self.teacher.encode(list(sources)), settings)
+        return [c[0].text for c in out]
+
+    def parameters(self) -> int:
+        from seqkd.models import count_parameters, load_model
+
+        return sum(count_parameters(load_model(d)) for d in self.dirs)
+
+
 def load_translator(model_dir: str, *, engine: str = "hf", threads: int = 0):
     """A model directory ready to translate in ``engine``: ``hf`` (a saved HF model, PyTorch) or ``ct2`` (a
     CTranslate2 export, :mod:`seqkd.deploy.ct2`). ``threads`` > 0 sets the engine's CPU threads."""
@@ -149,9 +183,13 @@ def evaluate_models(cfg, *, progress: bool = False) -> dict:
         srcs, refs = read_lines(cfg.src, keep_empty=True)[0], read_lines(cfg.ref, keep_empty=True)[0]
     rows = []
     for name, path in cfg.named_models():
-        engine = "ct2" if is_ct2_export(path) else "hf"
-        translator = load_translator(path, engine=engine, threads=cfg.threads)
-        params = _parameters(translator, path)
+        if "+" in path:  # an ensemble of teachers: A+B
+            engine, translator = "hf", EnsembleTranslator(path.split("+"), batch_size=cfg.batch_size)
+            params = translator.parameters()
+        else:
+            engine = "ct2" if is_ct2_export(path) else "hf"
+            translator = load_translator(path, engine=engine, threads=cfg.threads)
+            params = _parameters(translator, path)
         translator.translate(srcs[:16], beam_size=max(cfg.beam_sizes), batch_size=cfg.batch_size,
                              max_new_tokens=cfg.max_new_tokens)  # warm-up, untimed: first-call costs are not speed
         for beam in cfg.beam_sizes:

@@ -267,3 +267,23 @@ def test_multi_teacher_distillation_matches_the_mixture_target(tiny_mt_model, ot
     for kw, match in ((dict(kd_mode="offline"), "mixed online"), (dict(teacher_weights="1"), "give 2 weights")):
         with pytest.raises(SeqkdError, match=match):
             DistillConfig(**{**cfg.__dict__, **kw})
+
+
+def test_evaluate_scores_an_ensemble_of_two_copies_as_the_single_model(tiny_mt_model, tmp_path):
+    """The evaluate job's NAME=A+B entry decodes with the teachers' ensemble: two copies of one teacher translate
+    exactly as the teacher does (greedy and beam), so every score matches."""
+    from seqkd.config import EvaluateConfig
+    from seqkd.data.synthetic import synthetic_pairs
+    from seqkd.evaluate import evaluate_models
+
+    src, ref = synthetic_pairs(40, seed=77, multimodality=0.0)
+    (tmp_path / "s.txt").write_text("\n".join(src) + "\n")
+    (tmp_path / "r.txt").write_text("\n".join(ref) + "\n")
+    r = evaluate_models(EvaluateConfig(models=[f"one={tiny_mt_model}", f"two={tiny_mt_model}+{tiny_mt_model}"],
+                                       src=str(tmp_path / "s.txt"), ref=str(tmp_path / "r.txt"), beam_sizes=[1, 3],
+                                       out=str(tmp_path / "scores.json"), max_new_tokens=40))
+    rows = {(x["model"], x["beam_size"]): x for x in r["rows"]}
+    for beam in (1, 3):
+        assert rows[("two", beam)]["bleu"] == rows[("one", beam)]["bleu"] > 0
+        assert rows[("two", beam)]["chrf"] == rows[("one", beam)]["chrf"]
+    assert rows[("two", 1)]["parameters"] == 2 * rows[("one", 1)]["parameters"]

@@ -29,6 +29,15 @@ def test_every_shipped_recipe_loads_and_plans(name, tmp_path):
     assert len({s.key for s in steps}) == len(steps)  # every stage its own key
 
 
+def test_recipes_share_the_stages_they_have_in_common():
+    """multi30k-teachers' teacher A, its corpus and its seq-KD student are multi30k-de-en's (same settings, same
+    inputs: same keys), so one run directory computes them once for both."""
+    a = {s.stage.name: s.key for s in plan(load_recipe("multi30k-de-en"), "/nonexistent")}
+    b = {s.stage.name: s.key for s in plan(load_recipe("multi30k-teachers"), "/nonexistent")}
+    assert {n for n in a.keys() & b.keys() if a[n] == b[n]} == {"data", "tokenizer", "teacher", "corpus", "select-top",
+                                                                 "student-seq-kd"}
+
+
 def test_every_job_has_a_runner():
     from seqkd.pipeline.recipe import JOBS
 

@@ -4,8 +4,10 @@ Runs ``seqkd run RECIPE --out benchmarks/work/recipes/RECIPE [KEY=VALUE ...]`` i
 reused: a killed run continues; ``--fresh`` starts over), times the whole command, and writes
 ``benchmarks/results/recipe_RECIPE.{json,md}`` (the report's data and text with the commit, the command and the
 machine), the report's plots beside them (``recipe_RECIPE_files/``) and its self-contained ``recipe_RECIPE.html``.
-With a headless Chromium at hand (``pip install playwright`` and its browser), it also screenshots the HTML report as
-a browser shows it (``recipe_RECIPE.screenshot.png``); without one it says so.
+With a headless Chromium at hand (``pip install playwright`` and ``playwright install chromium``, or any Chromium
+binary named by ``SEQKD_CHROMIUM``, e.g. the one npm's ``@sparticuz/chromium`` unpacks where only package registries
+are reachable), it also screenshots the HTML report as a browser shows it (``recipe_RECIPE.screenshot.png``); without
+one it says so.
 
     python benchmarks/recipe.py synthetic            # ~3.5 minutes on 2 CPU cores
     python benchmarks/recipe.py multi30k-de-en       # hours on 2 CPU cores (resumable)
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +27,9 @@ from pathlib import Path
 import common
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a Chromium of one's own needs to start without a display, a sandbox or a GPU
+CHROMIUM_ARGS = ["--no-sandbox", "--no-zygote", "--single-process", "--disable-gpu", "--use-gl=angle",
+                 "--use-angle=swiftshader", "--font-render-hinting=none"]
 
 
 def parse_args(argv=None):
@@ -40,9 +46,10 @@ def screenshot(html: Path, png: Path) -> str | None:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return "no headless Chromium: playwright is not installed"
+    exe = os.environ.get("SEQKD_CHROMIUM")  # a Chromium binary of one's own (e.g. npm's @sparticuz/chromium)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch()
+            browser = p.chromium.launch(**({"executable_path": exe, "args": CHROMIUM_ARGS} if exe else {}))
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(html.resolve().as_uri())
             page.screenshot(path=str(png), full_page=True)

@@ -78,6 +78,10 @@ def _models(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
                 ax.annotate(f"beam {r['beam_size']}", (r["words_per_s"], r["bleu"]), fontsize=7,
                             textcoords="offset points", xytext=(4, 3))
         ax.set_xscale("log")
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # crowded labels between the decades
         ax.set_xlabel("words/s (log scale)")
         ax.set_ylabel("BLEU")
         ax.set_title("quality vs speed")
@@ -219,6 +223,31 @@ def _relative(x: Any, out: Path) -> Any:
     return x
 
 
+def _machine_line(env: dict) -> str:
+    pk = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items() if v)
+    gpus = ", ".join(g["name"] for g in env.get("gpus", [])) or "no GPU"
+    return (f"{env['cpu']['model']}, {env['cpu']['usable_cores']} cores, {env.get('memory_gib')} GiB; {gpus}; "
+            f"{env['python']}; {pk}.")
+
+
+def _summary(sections: dict, markers: dict[str, dict]) -> list[Block]:
+    """The headline: each model's greedy BLEU and speed, the best draft speedup, the wall time."""
+    lines = []
+    rows = sections.get("models", {}).get("rows", [])
+    greedy = [r for r in rows if r["beam_size"] == min(x["beam_size"] for x in rows)] if rows else []
+    if greedy:
+        lines.append("Greedy BLEU (words/s): " + ", ".join(f"{r['model']} {r['bleu']:.2f} ({r['words_per_s']:,.0f})"
+                                                          for r in sorted(greedy, key=lambda r: -r["bleu"])) + ".")
+    spec = sections.get("drafts", {}).get("speculate", {})
+    if spec:
+        best = max(((n, r) for n, rs in spec.items() for r in rs), key=lambda t: t[1]["speedup"])
+        lines.append(f"Best speculative speedup: {best[1]['speedup']:.2f}x ({best[0]}, gamma {best[1]['gamma']}, "
+                     f"acceptance {best[1]['acceptance_rate']:.3f}).")
+    total = sum(m["seconds"] for m in markers.values())
+    lines.append(f"{len(markers)} stages, {total / 60:.1f} minutes of stage wall time in all.")
+    return [("h2", "Summary"), ("p", " ".join(lines))]
+
+
 def _as_list(x):
     return x if isinstance(x, list) else [x]
 
@@ -239,6 +268,8 @@ def _md(blocks: list[Block], files: Path, title: str) -> str:
             out += [f"![{b[3]}]({files.name}/{b[1]}.png)", ""]
         elif b[0] == "pre":
             out += ["```", b[1], "```", ""]
+        elif b[0] == "details":
+            out += [f"**{b[1]}**", "", "```", b[2], "```", ""]
     return "\n".join(out)
 
 
@@ -259,6 +290,8 @@ def _html(blocks: list[Block], title: str) -> str:
             body.append(f'<figure><img src="{src}" alt="{e(b[3])}"><figcaption>{e(b[3])}</figcaption></figure>')
         elif b[0] == "pre":
             body.append(f"<pre>{e(b[1])}</pre>")
+        elif b[0] == "details":  # long and rarely read: folded
+            body.append(f"<details><summary>{e(b[1])}</summary><pre>{e(b[2])}</pre></details>")
     css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
            "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
            "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
@@ -292,10 +325,12 @@ def write_report(out: str | Path, recipe, steps, markers: dict[str, dict], *, ar
     blocks += [("h2", "Stages"), ("table", ["stage", "job", "this run", "wall time (s)", "directory"], stage_rows)]
     env = machine()
     cmd = _relative(" ".join(argv), out) if argv else f"seqkd run {recipe.name}"
-    blocks += [("h2", "Machine and versions"), ("pre", json.dumps(env, indent=1)),
-               ("h2", "Command and recipe"), ("pre", cmd + (("\noverrides: " + " ".join(recipe.overrides))
-                                                            if recipe.overrides else "")),
-               ("pre", recipe.source.strip())]
+    blocks += [("h2", "Machine, versions, command"), ("p", _machine_line(env)),
+               ("pre", cmd + (("\noverrides: " + " ".join(recipe.overrides)) if recipe.overrides else "")),
+               ("details", "the machine and versions (JSON)", json.dumps(env, indent=1)),
+               ("details", f"the recipe ({recipe.name})", recipe.source.strip())]
+    at = 1 if recipe.description else 0
+    blocks[at:at] = _summary(sections, markers)
     title = f"seqkd run {recipe.name}"
     report = {"recipe": recipe.name, "description": recipe.description, "overrides": recipe.overrides,
               "command": argv, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -152,6 +152,18 @@ def test_an_unfinished_stage_resumes_and_is_never_taken_for_finished(fake, tmp_p
     assert fake() == ["corpus"]  # same key: the stages after it are still finished
 
 
+def test_one_run_per_directory_at_a_time(fake, tmp_path):
+    import fcntl
+
+    fake()
+    with open(tmp_path / "run" / ".lock", "a") as f:  # another seqkd run holds the directory
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SeqkdError, match="another seqkd run is using"):
+            fake("student-a.kd_weight=0.9")
+        assert fake("student-a.kd_weight=0.9", dry_run=True) == []  # a dry run only reads
+    assert fake("student-a.kd_weight=0.9") == ["student-a", "evaluate"]  # released
+
+
 def test_an_input_file_change_reruns_the_stage(fake, tmp_path):
     src = tmp_path / "prompts.txt"
     src.write_text("a\n")

@@ -3,6 +3,7 @@
 Layout of a run directory::
 
     run.json                      the recipe, overrides and each stage's current key (what --dry-run compares with)
+    .lock                         held by the seqkd run using the directory (one at a time)
     stages/NAME-KEY/              one directory per stage and settings; stage.json in it marks it finished
     NAME -> stages/NAME-KEY       a link to each stage's current directory
     report.md / .html / .json     the report (seqkd.pipeline.report)
@@ -20,6 +21,7 @@ corpus from its finished chunks (both exact); other jobs start the stage over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +38,7 @@ from seqkd.pipeline.recipe import JOBS, RUNNER_FIELDS, Recipe, Stage, configs, s
 
 MARKER = "stage.json"
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -264,6 +267,27 @@ def run_recipe(recipe: Recipe, out: str | Path, *, from_stage: str | None = None
     if dry_run:
         return {"steps": steps, "markers": {}}
     out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        return _run_steps(recipe, out, steps, progress=progress, argv=argv, runners=runners, report=report)
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One ``seqkd run`` per run directory at a time (two would write the same stages); the lock goes with the
+    process that holds it, killed or not."""
+    import fcntl
+
+    with open(out / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SeqkdError(f"another seqkd run is using {out} ({out / LOCK_FILE}): wait for it to finish, or choose "
+                             "another --out") from None
+        yield
+
+
+def _run_steps(recipe: Recipe, out: Path, steps: list[Step], *, progress: bool, argv: list[str] | None,
+               runners: dict[str, Callable] | None, report: bool) -> dict[str, Any]:
     outputs: dict[str, str] = {}
     for st in steps:
         outputs[st.stage.name] = st.output(outputs)

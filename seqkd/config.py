@@ -435,7 +435,7 @@ class GenerateConfig:
     teacher: list[str] = _help(
         "teacher model directory (model + tokenizer); repeat it for an ensemble of teachers that share a tokenizer "
         "(--engine hf: every step decodes from the teachers' weighted mean, see --ensemble; vLLM cannot ensemble "
-        "per step)", action="append")
+        "per step: use --pool)", action="append")
     out: str = _help("corpus directory (manifest, shards, corpus.jsonl)")
     input: str | None = _help("source file (with --target, or .tsv/.jsonl: a parallel corpus) or prompt file",
                               default=None)
@@ -468,6 +468,10 @@ class GenerateConfig:
     ensemble: Literal["logprob", "prob"] = _help(
         "ensemble: per step, the weighted mean of the teachers' log-probabilities (logprob, renormalised: a "
         "geometric mean, as MT ensembles decode) or of their probabilities (prob: a mixture)", default="logprob")
+    pool: bool = _help(
+        "ensemble without per-step mixing (what vLLM can do; --engine hf too): each teacher decodes on its own, their "
+        "candidates are pooled per source, rescored by the ensemble (a teacher-forced pass of every teacher, HF, "
+        "mixed as --ensemble says) and the best kept", default=False)
     executor: Literal["local", "ray"] = _help(
         "local: this process decodes (--shard i/N: this worker's share); ray: --workers Ray tasks decode one shard "
         "each (in a Ray cluster's workers; the output directory on storage every node sees), then the corpus is "
@@ -488,9 +492,12 @@ class GenerateConfig:
         check_choices(self)
         if not self.teacher:
             raise SeqkdError("give the teacher: --teacher DIR (repeat it for an ensemble)")
-        if len(self.teacher) > 1 and self.engine != "hf":
+        if len(self.teacher) > 1 and self.engine != "hf" and not self.pool:
             raise SeqkdError("an ensemble of teachers (--teacher given more than once) decodes with --engine hf: vLLM "
-                             "cannot mix several models' distributions at every step")
+                             "cannot mix several models' distributions at every step (--pool: each teacher decodes, "
+                             "the ensemble rescores their pooled candidates)")
+        if self.pool and len(self.teacher) < 2:
+            raise SeqkdError("--pool pools the candidates of several teachers: give --teacher at least twice")
         self.weights()
         if bool(self.data) == bool(self.input):
             raise SeqkdError("give either --input FILE or --data NAME (a registered dataset, e.g. multi30k:de-en)")

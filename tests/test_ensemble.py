@@ -287,3 +287,70 @@ def test_evaluate_scores_an_ensemble_of_two_copies_as_the_single_model(tiny_mt_m
         assert rows[("two", beam)]["bleu"] == rows[("one", beam)]["bleu"] > 0
         assert rows[("two", beam)]["chrf"] == rows[("one", beam)]["chrf"]
     assert rows[("two", 1)]["parameters"] == 2 * rows[("one", 1)]["parameters"]
+
+
+@pytest.mark.parametrize("which", ["lm", "mt"])
+def test_pooled_ensemble_of_two_copies_decodes_as_the_teacher(which, tiny_lm_model, tiny_mt_model, other_teachers):
+    """--pool with two copies of one teacher: both decode the same candidates, the pool keeps them once, and the
+    ensemble (two copies) rescores them as the teacher scores them: the teacher's own outputs, in its order."""
+    from seqkd.teacher.pool import PoolEngine
+
+    teacher, _ = _dirs(which, tiny_lm_model, tiny_mt_model, other_teachers)
+    single = get_engine("hf", str(teacher), batch_size=3)
+    pool = PoolEngine("hf", [str(teacher), str(teacher)], batch_size=3)
+    prompts = single.encode(_sources(7, seed=41))
+    for settings in (DecodeSettings(mode="greedy", max_new_tokens=25),
+                     DecodeSettings(mode="beam", beam_size=4, nbest=3, max_new_tokens=25, topk_logprobs=3)):
+        a, b = single.generate(prompts, settings), pool.generate(prompts, settings)
+        assert _ids(a) == _ids(b)
+        for ca, cb in zip(sum(a, []), sum(b, [])):
+            assert cb.token_logprobs == pytest.approx(ca.token_logprobs, abs=1e-5) and cb.text == ca.text
+            assert cb.topk_ids == ca.topk_ids
+    assert pool.name == "hf-pool" and pool.options["pool"]["rescorer"]["ensemble"]["mode"] == "logprob"
+
+
+@pytest.mark.parametrize("mode", ["logprob", "prob"])
+def test_pooled_ensemble_rescores_the_union_of_its_teachers_candidates(mode, tiny_mt_model, other_teachers):
+    """Two different teachers: the pool is the union of their n-best lists (each sequence once), every candidate
+    scored by the per-step ensemble (the HF ensemble engine's teacher-forced scores), best first by beam's ranking."""
+    from seqkd.teacher.pool import PoolEngine
+
+    a_dir, b_dir = str(tiny_mt_model), str(other_teachers["mt"])
+    pool = PoolEngine("hf", [a_dir, b_dir], teacher_weights=[0.7, 0.3], ensemble_mode=mode, batch_size=4)
+    ens = get_engine("hf", a_dir, ensemble=[b_dir], teacher_weights=[0.7, 0.3], ensemble_mode=mode, batch_size=4)
+    prompts = pool.encode(_sources(6, seed=43))
+    settings = DecodeSettings(mode="beam", beam_size=3, nbest=3, max_new_tokens=25, length_penalty=1.0)
+    out = pool.generate(prompts, settings)
+    members = [get_engine("hf", d, batch_size=4).generate(prompts, settings) for d in (a_dir, b_dir)]
+    for i, cands in enumerate(out):
+        union = {tuple(c.token_ids) for m in members for c in m[i]}
+        got = [tuple(c.token_ids) for c in cands]
+        assert len(got) == min(3, len(union)) and len(set(got)) == len(got) and set(got) <= union
+        ref = ens.score([prompts[i]], [[list(t) for t in got]])[0]
+        for c, (lps, _, _) in zip(cands, ref):
+            assert c.token_logprobs == pytest.approx(lps, abs=1e-6)
+        # the kept ones are the union's best by logprob / length (beam search's ranking at length_penalty 1)
+        every = ens.score([prompts[i]], [[list(t) for t in union]])[0]
+        rank = sorted((sum(lps) / len(t) for t, (lps, _, _) in zip(union, every)), reverse=True)
+        assert [c.logprob / len(c.token_ids) for c in cands] == pytest.approx(rank[: len(cands)], abs=1e-5)
+    # not a trivial pool: the two teachers' n-best lists differ somewhere
+    assert any({tuple(c.token_ids) for c in members[0][i]} != {tuple(c.token_ids) for c in members[1][i]}
+               for i in range(len(out)))
+
+
+def test_generate_pool_cli_and_refusals(tiny_mt_model, other_teachers, tmp_path, capsys):
+    from seqkd.cli import main
+
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(_sources(5, seed=44)) + "\n")
+    out = tmp_path / "pooled"
+    assert main(["generate", "--teacher", str(tiny_mt_model), "--teacher", str(other_teachers["mt"]), "--pool",
+                 "--input", str(src), "--mode", "beam", "--beam-size", "3", "--nbest", "2", "--max-new-tokens", "20",
+                 "--out", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["engine"]["name"] == "hf-pool" and set(m["ensemble"]) == {"1"}
+    assert len(m["engine"]["pool"]["members"]) == 2
+    capsys.readouterr()
+    assert main(["generate", "--teacher", str(tiny_mt_model), "--pool", "--input", str(src), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "give --teacher at least twice" in capsys.readouterr().err

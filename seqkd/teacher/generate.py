@@ -59,7 +59,17 @@ def generate(a: GenerateConfig, settings: DecodeSettings, *, command: list[str] 
     if not examples:
         raise SeqkdError(f"nothing to decode: {a.input or a.data} has no non-empty lines")
     check_corpus_dir(a.out)
-    engine = get_engine(a.engine, a.teacher[0], **engine_options(a))
+    if a.pool:
+        from seqkd.teacher.pool import PoolEngine
+
+        member = {k: v for k, v in engine_options(a).items()
+                  if k not in ("prompt_format", "max_source_len", "ensemble", "teacher_weights", "ensemble_mode",
+                               "device", "batch_size")}
+        engine = PoolEngine(a.engine, a.teacher, teacher_weights=a.weights(), ensemble_mode=a.ensemble,
+                            device=a.device, batch_size=a.batch_size, prompt_format=a.prompt_format,
+                            max_source_len=a.max_source_len, **member)
+    else:
+        engine = get_engine(a.engine, a.teacher[0], **engine_options(a))
     try:
         return generate_corpus(engine, examples, a.out, settings, shard=a.shard, chunk_size=a.chunk_size,
                                overwrite=a.overwrite, progress=progress, input_path=path, merge=not a.no_merge,

@@ -480,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqkd: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `seqkd ... | head`: the reader left; no traceback (as Python's docs advise)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

@@ -359,3 +359,10 @@ def test_a_recipe_pointed_at_your_own_teacher(tmp_path, tiny_mt_model):
     bad = load_recipe(str(path), ["teacher.job=model", f"teacher.path={tmp_path}"])
     with pytest.raises(SeqkdError, match="not a model directory"):
         run_recipe(bad, tmp_path / "run2", runners=runners, report=False, progress=False)
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    """`seqkd run ... --dry-run | head -1`: the reader leaves early; seqkd stops quietly."""
+    r = subprocess.run(f"{sys.executable} -m seqkd run synthetic --dry-run --out {tmp_path / 'r'} | head -1",
+                       shell=True, capture_output=True, text=True)
+    assert r.stdout.startswith("plan for") and r.stderr == "", r.stderr

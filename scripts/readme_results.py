@@ -23,7 +23,8 @@ def render() -> str:
     beams = sorted({x["beam_size"] for x in rows})
     lines = [f"Committed report (`benchmarks/results/recipe_synthetic.md`, `.html`): commit `{run['commit']}`, "
              f"{env['cpu']['model']}, {env['cpu']['usable_cores']} cores; its stages took "
-             f"{sum(s['seconds'] for s in rep['stages'].values()) / 60:.1f} minutes. Test set: {rows[0]['sentences']} held-out sentences with canonical "
+             f"{sum(s['seconds'] for s in rep['stages'].values()) / 60:.1f} minutes. Test set: "
+             f"{rows[0]['sentences']} held-out sentences with canonical "
              "references; sacrebleu BLEU; words/s: one pass after a warm-up.", "",
              "| model | engine | parameters | " + " | ".join(f"BLEU beam {b}" for b in beams)
              + " | " + " | ".join(f"words/s beam {b}" for b in beams) + " |",

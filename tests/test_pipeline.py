@@ -371,3 +371,16 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path, monkeypatch):
     out = io.TextIOWrapper(os.fdopen(w, "wb"), write_through=True)
     monkeypatch.setattr(sys, "stdout", out)
     assert main(["run", "synthetic", "--dry-run", "--out", str(tmp_path / "r")]) == 141
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_builtin_recipes(tmp_path):
+    """`pip install seqkd` (not only an editable checkout) must find `seqkd run synthetic`'s YAML."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("seqkd-*.whl"))).namelist()
+    assert {f"seqkd/pipeline/recipes/{n}.yaml" for n in BUILTIN} <= set(names)

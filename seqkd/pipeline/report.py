@@ -31,6 +31,10 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
     return str(v)
 
 
+def _times(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -102,7 +106,7 @@ def _training(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
                       f"{r['parameters'] / 1e6:.2f}M" if r.get("parameters") else "n/a",
                       f"{r['non_embedding_parameters'] / 1e6:.2f}M" if r.get("non_embedding_parameters") else "n/a",
                       str(r.get("steps")), _fmt(r.get("epochs")), str(r.get("stop_reason")),
-                      _fmt(r.get("best_metric")), str(r.get("best_step")), _fmt(r.get("train_tokens_per_s"), ".0f"),
+                      _fmt(r.get("best_metric")), _fmt(r.get("best_step")), _fmt(r.get("train_tokens_per_s"), ".0f"),
                       _fmt(r.get("seconds"), ".0f")])
     blocks.append(("table", ["stage", "model", "parameters", "non-embedding", "steps", "epochs", "stopped by",
                              "best val. BLEU", "best step", "tokens/s", "seconds"], table))
@@ -177,14 +181,14 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
             rows.append([name, str(r["gamma"]), _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"),
                          _fmt(r["block_efficiency"]), _fmt(r.get("cost_ratio"), ".3f"),
                          _fmt(r.get("target_only_tokens_per_s"), ".1f"), _fmt(r.get("speculative_tokens_per_s"), ".1f"),
-                         _fmt(r["speedup"]) + "x", _fmt(r.get("leviathan_bound")) + "x"])
+                         _fmt(r["speedup"]) + "x", _times(r.get("leviathan_bound")), str(r.get("passes", 1))])
     if rows:
         blocks.append(("p", "Acceptance rate and per-position acceptance as vLLM defines them (accepted / drafted; "
                             "the share of drafted positions i accepted); tokens per target call and the bound as "
                             "Leviathan et al. (2023); c = draft step / target step; speedup = speculative tokens/s "
-                            "over target-only tokens/s on the same prompts, one pass."))
+                            "over target-only tokens/s on the same prompts, interleaved, median over the passes."))
         blocks.append(("table", ["stage", "gamma", "T", "acceptance", "tokens / call", "c", "target-only tok/s",
-                                 "speculative tok/s", "speedup", "bound"], rows))
+                                 "speculative tok/s", "speedup", "bound", "passes"], rows))
     if plt is not None and specs:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
         for name, results in data["speculate"].items():
@@ -202,7 +206,8 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
             ax.set_ylabel(ylabel)
             ax.set_xlabel("gamma" if ax is not axes[2] else "drafted position")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:  # a panel with nothing swept stays empty
+                ax.legend(fontsize=7)
         blocks.append(("img", "speculative", _png(fig), "acceptance and speedup against gamma; acceptance per "
                                                        "drafted position at the largest gamma"))
     return blocks, data
@@ -339,6 +344,7 @@ def write_report(out: str | Path, recipe, steps, markers: dict[str, dict], *, ar
                                          for n, m in markers.items()},
               **sections}
     report = _relative(report, out)
+    blocks = [tuple(_relative(list(b), out) if b[0] != "img" else b) for b in blocks]  # the text, not the PNGs
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     files = out / "report_files"
     files.mkdir(exist_ok=True)

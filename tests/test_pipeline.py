@@ -384,3 +384,28 @@ def test_the_wheel_carries_the_builtin_recipes(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("seqkd-*.whl"))).namelist()
     assert {f"seqkd/pipeline/recipes/{n}.yaml" for n in BUILTIN} <= set(names)
+
+
+M30_TOY = ["data.limit=400", "teacher.max_steps=30", "teacher.eval_steps=15", "teacher.bleu_samples=20",
+           "teacher.patience=0", "teacher.max_minutes=null", "corpus.max_new_tokens=20",
+           *[f"{s}.{k}" for s in ("student-baseline", "student-word-kd", "student-seq-kd", "student-seq-kd-word-kd",
+                                  "student-seq-inter")
+             for k in ("epochs=null", "max_steps=10", "eval_steps=5", "bleu_samples=20", "patience=0")],
+           "draft.max_steps=5", "draft.warmup_steps=1", "draft.eval_size=5", "draft.max_new_tokens=12",
+           "draft.limit=50", "speculate-unaligned.limit=5", "speculate-unaligned.max_new_tokens=12",
+           "speculate-aligned.limit=5", "speculate-aligned.max_new_tokens=12", "evaluate.max_new_tokens=20"]
+
+
+@pytest.mark.slow
+def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_path):
+    """Every stage of multi30k-de-en on real data, cut to toy size (400 sentences, 30-step teacher, 10-step students):
+    the five students, the CT2 export, the greedy on-policy draft and both speculate sweeps finish, and the report
+    scores all seven models at both beam sizes."""
+    out = tmp_path / "m30"
+    assert main(["run", "multi30k-de-en", "--out", str(out), *M30_TOY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["stages"]) == len(load_recipe("multi30k-de-en").stages)
+    rows = {(r["model"], r["beam_size"]) for r in report["models"]["rows"]}
+    assert len(rows) == 14 and ("seq-kd-ct2-int8", 5) in rows
+    assert report["drafts"]["align"]["draft"]["after"]["drafted"] > 0
+    assert [r["gamma"] for r in report["drafts"]["speculate"]["speculate-aligned"]] == [2, 4, 6]

@@ -46,6 +46,9 @@ VIOLATIONS = [
     ("decoder-engine-free", "speculative/decoder.py", "from seqkd.teacher.engines import get_engine",
      "seqkd.speculative.decoder -> seqkd.teacher.engines"),
     ("config-light", "config.py", "import torch", "seqkd.config -> torch"),
+    ("ray-only-in-executor", "teacher/generate.py", "import ray", "seqkd.teacher.generate -> ray"),
+    ("pipeline-on-top", "student/distill.py", "from seqkd.pipeline import load_recipe",
+     "seqkd.student.distill -> seqkd.pipeline"),
 ]
 
 

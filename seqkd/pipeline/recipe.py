@@ -76,7 +76,7 @@ class Stage:
     def refs(self) -> list[str]:
         """Names of the stages this one reads, in order of first use."""
         found: list[str] = []
-        for s in _strings(self.settings):
+        for s in strings(self.settings):
             found += [m.group(1) for m in REF.finditer(s) if m.group(1) not in found]
         return found
 
@@ -96,15 +96,16 @@ class Recipe:
         raise SeqkdError(f"recipe {self.name}: no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
 
 
-def _strings(value: Any):
+def strings(value: Any):
+    """Every string inside ``value`` (strings, lists, tuples and mappings)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
+            yield from strings(v)
+    elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _strings(v)
+            yield from strings(v)
 
 
 def substitute(value: Any, outputs: dict[str, str]) -> Any:

@@ -56,6 +56,14 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _labels(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 # --- sections --------------------------------------------------------------------------------------------------------
 def _models(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
     rows = [r for m in markers.values() if m["job"] == "evaluate" for r in _as_list(m["result"])
@@ -86,11 +94,7 @@ def _models(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.xaxis.set_minor_formatter(NullFormatter())  # crowded labels between the decades
-        ax.set_xlabel("words/s (log scale)")
-        ax.set_ylabel("BLEU")
-        ax.set_title("quality vs speed")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _labels(ax, "words/s (log scale)", "BLEU", "quality vs speed")
         blocks.append(("img", "quality_speed", _png(fig), "BLEU against words/s, one point per model and beam size"))
     return blocks, {"rows": rows}
 
@@ -117,11 +121,7 @@ def _training(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         fig, ax = plt.subplots(figsize=(6.4, 4.0))
         for name, c in curves.items():
             ax.plot([s for s, _ in c], [b for _, b in c], "o-", label=name, markersize=3)
-        ax.set_xlabel("step")
-        ax.set_ylabel("validation BLEU (greedy)")
-        ax.set_title("training curves")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _labels(ax, "step", "validation BLEU (greedy)", "training curves")
         blocks.append(("img", "training_curves", _png(fig), "validation BLEU during training, per stage"))
     return blocks, {"runs": {n: {k: v for k, v in r.items() if k != "config"} for n, r in runs.items()},
                     "curves": curves}

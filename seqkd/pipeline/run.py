@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from seqkd.errors import SeqkdError
 from seqkd.io import atomic_write_json
-from seqkd.pipeline.recipe import JOBS, RUNNER_FIELDS, Recipe, Stage, configs, substitute
+from seqkd.pipeline.recipe import JOBS, RUNNER_FIELDS, Recipe, Stage, configs, strings, substitute
 
 MARKER = "stage.json"
 RUN_FILE = "run.json"
@@ -73,20 +73,9 @@ def _fingerprint(path: str) -> Any:
                   for f in p.rglob("*") if f.is_file())
 
 
-def _strings(value: Any):
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _strings(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-
-
 def stage_key(stage: Stage, key_settings: dict[str, Any]) -> str:
     """The hash of what the stage computes from (see the module's docstring)."""
-    files = {s: _fingerprint(s) for s in _strings(key_settings)
+    files = {s: _fingerprint(s) for s in strings(key_settings)
              if not s.startswith("<") and len(s) < 4096 and os.path.exists(s)}
     payload = {"job": stage.job, "settings": key_settings, "sweep": stage.sweep, "files": files}
     if stage.processes > 1:  # N processes train on N x the batch: another run

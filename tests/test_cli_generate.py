@@ -95,3 +95,17 @@ def test_generate_bad_input(capsys, tmp_path, inputs, tiny_mt_model, tiny_lm_mod
     chunk.write_text(chunk.read_text()[:30] + "\n")
     assert_error(capsys, ["merge", "--corpus", out], f"{chunk}:1: not valid JSON")
     assert_error(capsys, ["select", "--corpus", tmp_path, "--out", tmp_path / "t.jsonl"], "not a seqkd corpus")
+
+
+def test_executor_ray_without_ray_is_one_line(capsys, tmp_path, monkeypatch):
+    import sys
+
+    from seqkd.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    src = tmp_path / "s.txt"
+    src.write_text("a b\n")
+    assert main(["generate", "--teacher", str(tmp_path / "t"), "--input", str(src), "--out", str(tmp_path / "c"),
+                 "--executor", "ray"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--executor ray needs Ray: pip install 'seqkd[ray]'" in err[0]

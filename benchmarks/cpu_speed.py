@@ -53,6 +53,8 @@ def parse_args(argv=None):
 
 
 def models(a) -> dict[str, Path]:
+    from seqkd.io import is_model_dir
+
     if a.model:
         pairs = [m.split("=", 1) for m in a.model]
         if any(len(x) != 2 for x in pairs):
@@ -60,8 +62,9 @@ def models(a) -> dict[str, Path]:
         out = {k: Path(v) for k, v in pairs}
     else:
         out = {"teacher": MODELS / "multi30k-de-en-marian-teacher"}
+        # the students trained so far (a student still training has only checkpoints in its directory)
         out |= {s: MODELS / "students" / f"multi30k-de-en-{s}" for s in STUDENTS
-                if (MODELS / "students" / f"multi30k-de-en-{s}").is_dir()}
+                if is_model_dir(MODELS / "students" / f"multi30k-de-en-{s}")}
     missing = [str(p) for p in out.values() if not p.is_dir()]
     if missing:
         sys.exit(f"missing model directories: {', '.join(missing)} (benchmarks/teacher_multi30k.py and "

@@ -124,3 +124,12 @@ def is_model_dir(path: PathLike) -> bool:
     """A saved model (HF ``config.json`` + weights) lives here."""
     p = Path(path)
     return (p / "config.json").is_file() and any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").is_file()
+
+
+def latest_checkpoint(out: PathLike) -> Path | None:
+    """The newest *complete* ``checkpoint-N`` in ``out`` (or None). The HF Trainer writes a checkpoint's files in
+    place and ``trainer_state.json`` last, so a run killed while saving leaves a folder without it: resuming from
+    that folder fails, the one before it is whole."""
+    cps = [p for p in Path(out).glob("checkpoint-*")
+           if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(cps, key=lambda p: int(p.name.split("-")[-1])) if cps else None

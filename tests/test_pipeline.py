@@ -152,6 +152,38 @@ def test_an_unfinished_stage_resumes_and_is_never_taken_for_finished(fake, tmp_p
     assert fake() == ["corpus"]  # same key: the stages after it are still finished
 
 
+def test_a_training_stage_resumes_only_from_a_whole_checkpoint(tmp_path):
+    """A teacher killed while saving checkpoint-4 left it without trainer_state.json (written last): the stage
+    starts over (overwrite); with a whole checkpoint beside it, it resumes."""
+    seen = []
+
+    def run(*cfgs, **kw):
+        if hasattr(cfgs[0], "resume"):  # the training stages
+            seen.append((Path(cfgs[0].out).name.rsplit("-", 1)[0], cfgs[0].resume, cfgs[0].overwrite))
+        return {}
+
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    recipe = load_recipe(str(path), [])
+    go = lambda: run_recipe(recipe, tmp_path / "run", runners=dict.fromkeys(RUNNERS, run), report=False,  # noqa: E731
+                            progress=False, only="teacher")
+    run_recipe(recipe, tmp_path / "run", runners=dict.fromkeys(RUNNERS, run), report=False, progress=False)
+    assert ("teacher", False, True) in seen
+    teacher = next((tmp_path / "run").glob("stages/teacher-*"))
+    (teacher / MARKER).unlink()
+    (teacher / "checkpoint-4").mkdir()
+    (teacher / "checkpoint-4" / "model.safetensors").write_bytes(b"")
+    seen.clear()
+    go()
+    assert seen == [("teacher", False, True)]
+    (teacher / MARKER).unlink()
+    (teacher / "checkpoint-2").mkdir()
+    (teacher / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    seen.clear()
+    go()
+    assert seen == [("teacher", True, False)]
+
+
 def test_one_run_per_directory_at_a_time(fake, tmp_path):
     import fcntl
 
@@ -280,7 +312,9 @@ def test_a_run_killed_inside_a_stage_resumes_to_the_same_report(tmp_path):
 
     p = subprocess.Popen(cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list(killed.glob("stages/teacher-*/checkpoint-150")) and time.time() < deadline and p.poll() is None:
+    # a whole checkpoint (trainer_state.json is written last; a kill while saving is test_train's case)
+    while not list(killed.glob("stages/teacher-*/checkpoint-150/trainer_state.json")) and time.time() < deadline \
+            and p.poll() is None:
         time.sleep(0.1)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()

@@ -82,14 +82,28 @@ def test_loss_is_normalised_by_the_step_token_count(tmp_path):
 def test_out_dir_guard(tmp_path):
     out = tmp_path / "run"
     assert check_out_dir(out, resume=False, overwrite=False) is None
-    with pytest.raises(SeqkdError, match="no checkpoint"):
+    with pytest.raises(SeqkdError, match="no complete checkpoint"):
         check_out_dir(out, resume=True, overwrite=False)
-    (out / "checkpoint-5").mkdir(parents=True)
-    (out / "checkpoint-10").mkdir()
+    for step in (5, 10):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     with pytest.raises(SeqkdError, match="already holds a run"):
         check_out_dir(out, resume=False, overwrite=False)
     assert check_out_dir(out, resume=True, overwrite=False).name == "checkpoint-10"
     assert check_out_dir(out, resume=False, overwrite=True) is None and not out.exists()
+
+
+def test_a_checkpoint_killed_while_saving_is_skipped(tmp_path):
+    """The HF Trainer writes trainer_state.json last: a folder without it was cut off while saving (the cause of a
+    CI failure: a resume from it raised "Can't find a valid checkpoint"); resume from the whole one before it."""
+    out = tmp_path / "run"
+    (out / "checkpoint-150").mkdir(parents=True)
+    (out / "checkpoint-150" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SeqkdError, match="no complete checkpoint"):
+        check_out_dir(out, resume=True, overwrite=False)
+    (out / "checkpoint-100").mkdir()
+    (out / "checkpoint-100" / "trainer_state.json").write_text("{}")
+    assert check_out_dir(out, resume=True, overwrite=False).name == "checkpoint-100"
 
 
 @pytest.mark.parametrize("bad,msg", [

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from seqkd.errors import SeqkdError
-from seqkd.io import atomic_write_json
+from seqkd.io import atomic_write_json, latest_checkpoint
 from seqkd.pipeline.recipe import JOBS, RUNNER_FIELDS, Recipe, Stage, configs, strings, substitute
 
 MARKER = "stage.json"
@@ -207,7 +207,7 @@ def run_stage(step: Step, outputs: dict[str, str], *, progress: bool, command: l
     for value in _sweep_values(s):
         where = d / f"{s.sweep[0]}={value}" if s.sweep else d
         where.mkdir(parents=True, exist_ok=True)
-        has_ckpt = any(where.glob("checkpoint-*"))
+        has_ckpt = latest_checkpoint(where) is not None
         cfgs = configs(s, settings, str(where), value, runner_fields(s.job, has_ckpt, progress))
         kwargs = {"command": command} if s.job == "generate" else {"processes": s.processes} if s.processes > 1 \
             else {}

@@ -27,7 +27,7 @@ from seqkd.config import TrainConfig, as_dict
 from seqkd.data.batching import TokenBudgetBatchSampler
 from seqkd.data.prompts import IGNORE_INDEX, Format
 from seqkd.errors import SeqkdError
-from seqkd.io import atomic_write_json
+from seqkd.io import atomic_write_json, latest_checkpoint
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "decoder_input_ids")
 
@@ -298,11 +298,6 @@ def training_arguments(cfg: TrainConfig, *, has_valid: bool, metric: str | None,
     )
 
 
-def latest_checkpoint(out: str | Path) -> Path | None:
-    cps = [p for p in Path(out).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return max(cps, key=lambda p: int(p.name.split("-")[-1])) if cps else None
-
-
 def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path | None:
     """Refuse to mix runs: returns the checkpoint to resume from (or None for a fresh run)."""
     out = Path(out)
@@ -310,7 +305,7 @@ def check_out_dir(out: str | Path, *, resume: bool, overwrite: bool) -> Path | N
     used = out.exists() and any(out.iterdir())
     if resume:
         if ckpt is None:
-            raise SeqkdError(f"--resume: no checkpoint-* directory in {out} to resume from")
+            raise SeqkdError(f"--resume: no complete checkpoint-* directory in {out} to resume from")
         return ckpt
     if used:
         if not overwrite:

@@ -190,10 +190,18 @@ def cmd_speculate(a: C.SpeculateConfig, argv) -> None:
     print(format_spec_report(speculate(a)))
 
 
+def _opt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def cmd_draft_init(a: C.DraftInitConfig, argv) -> None:
     from seqkd.speculative.draft import init_draft
 
     r = init_draft(a)
+    for c in r.get("choices", []):
+        print(f"layers {c['layers_spec']:>12s}: acceptance {c['acceptance_rate']:.3f}  c {_opt(c['cost_ratio'])}  "
+              f"v {_opt(c['verification_cost'])}  speedup {c['speedup']:.2f}x"
+              + ("  <- kept" if c["layers_spec"] == r["chosen"] else ""))
     print(f"draft: {a.out} (target layers {r['layers']} of {r['target_layers']}; {r['params'] / 1e6:.1f}M "
           f"parameters, {r['non_embedding_params'] / 1e6:.1f}M outside the embeddings; target "
           f"{r['target_params'] / 1e6:.1f}M)")

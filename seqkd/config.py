@@ -887,14 +887,33 @@ class DraftInitConfig:
 
     target: str = _help("Target model directory (or hub id): a decoder-only model, e.g. a converted GGUF.")
     layers: str = _help("Target layers the draft keeps: first:K (an early exit after K layers), every:N (layers "
-                        "N-1, 2N-1, ...) or a list such as 0,10,29.")
+                        "N-1, 2N-1, ...) or a list such as 0,10,29. Several choices separated by spaces (\"first:2 "
+                        "first:4 every:10\") with --choose-on: each is measured as an untrained draft and the fastest "
+                        "is kept.")
     out: str = _help("Output directory: the draft (HF save_pretrained, with the target's tokenizer), ready for "
                      "`seqkd distill --model OUT` / `seqkd align --draft OUT` / `seqkd speculate --draft OUT`.")
+    choose_on: str | None = _help(
+        "Prompt file (one per line; validation prompts, never the test set) on which several --layers choices are "
+        "compared: greedy speculative decoding with seqkd's decoder, one pass after a warm-up; the choice with the "
+        "highest measured speedup over the target alone is saved, every choice's acceptance, c, v and speedup in "
+        "OUT/layer_choice.json.", default=None)
+    prompt_format: PromptFormat = _help("Prompt format of --choose-on (auto, plain or chat; see seqkd generate).",
+                                        default="auto")
+    gamma: int = _help("Draft tokens per target call in the --choose-on comparison.", default=3)
+    max_new_tokens: int = _help("New tokens per prompt in the --choose-on comparison.", default=64)
+    limit: int | None = _help("Use the first N prompts of --choose-on only.", default=None)
     overwrite: bool = _help("Replace an existing --out.", default=False)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not self.layers.strip():
             raise SeqkdError("--layers is empty: give first:K, every:N or a list such as 0,10,29")
+        choices = self.layers.split()
+        if len(choices) != len(set(choices)):
+            raise SeqkdError(f"--layers names a choice twice: {self.layers!r}")
+        if len(choices) > 1 and not self.choose_on:
+            raise SeqkdError(f"--layers gives {len(choices)} choices: --choose-on PROMPTS picks one of them")
+        _at_least(self, 1, "gamma", "max_new_tokens", "limit")
 
 
 @dataclass

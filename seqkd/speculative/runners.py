@@ -118,7 +118,7 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
                         d_params, t_params, report.get("cost_ratio"))
     report.update(engine=cfg.engine, target=cfg.target, draft=cfg.draft, prompts=len(texts), gamma=cfg.gamma,
                   temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                  adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience,
+                  adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience, batch_size=cfg.batch_size,
                   draft_quantize=cfg.draft_quantize)
     if cfg.out:
         atomic_write_json(cfg.out, report)

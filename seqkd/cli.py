@@ -231,7 +231,9 @@ def cmd_align(a: C.AlignConfig, argv) -> None:
 
 def format_spec_report(r: dict) -> str:
     """A few lines: acceptance, block efficiency, speeds and speedup (and the bound where measured)."""
-    lines = [f"{r['engine']}: {r['prompts']} prompts, gamma {r['gamma']}, temperature {r['temperature']}",
+    engine = r["engine"] + (" (compiled)" if r.get("compile") else "") + (
+        " (int8 draft)" if r.get("draft_quantize", "none") != "none" else "")
+    lines = [f"{engine}: {r['prompts']} prompts, gamma {r['gamma']}, temperature {r['temperature']}",
              f"  acceptance rate {r['acceptance_rate']:.3f} ({r['accepted']} accepted / {r['drafted']} drafted)   "
              f"block efficiency {r['block_efficiency']:.2f} tokens/target call ({r['target_calls']} calls)"]
     if "verified_acceptance_rate" in r:

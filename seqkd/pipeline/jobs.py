@@ -172,6 +172,15 @@ def _speculate(cfg) -> dict:
     return speculate(cfg, progress=False)
 
 
+def _speculate_gammas(cfgs: list) -> list[dict]:
+    """A gamma sweep in one call: one target-only baseline for every gamma (seqkd's decoder), models loaded once."""
+    from seqkd.speculative.runners import speculate_gammas
+
+    if cfgs[0].engine == "vllm":
+        return [_speculate(c) for c in cfgs]
+    return speculate_gammas(cfgs, progress=False)
+
+
 def _evaluate(cfg) -> dict:
     from seqkd.evaluate import evaluate_models
 
@@ -183,6 +192,10 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "tokenizer": _tokenizer, "train": _train, "generate": _generate, "select": _select, "distill": _distill,
     "export": _export, "draft-init": _draft_init, "draft-vocab": _draft_vocab, "align": _align,
     "speculate": _speculate, "evaluate": _evaluate,
+}
+# (job, swept field) -> a runner that takes the sweep's configs in one call (the default runs the job once a value)
+SWEEP_RUNNERS: dict[tuple[str, str], Callable[[list], list[dict[str, Any]]]] = {
+    ("speculate", "gamma"): _speculate_gammas,
 }
 # runner-set fields (seqkd.pipeline.recipe.RUNNER_FIELDS) for a stage whose directory holds a killed run's files:
 # training resumes from its checkpoint (or starts over before the first one); a corpus resumes by itself (chunks);

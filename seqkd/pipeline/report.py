@@ -208,7 +208,9 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
                             "the share of drafted positions i accepted); tokens per target call and the bound as "
                             "Leviathan et al. (2023); c = draft step / target step, v = verification call / target "
                             "step; speedup = speculative tokens/s over target-only tokens/s on the same prompts, "
-                            "interleaved, median (min-max) over the passes."))
+                            "interleaved, median (min-max) over the passes; a gamma sweep of seqkd's decoder "
+                            "decodes each prompt target-only once and at every gamma, so its rows share one "
+                            "target-only baseline."))
         blocks.append(("table", ["stage", "engine", "batch", "draft", "gamma", "T", "acceptance", "tokens / call", "c",
                                  "v", "target-only tok/s", "speculative tok/s", "speedup", "bound", "passes"], rows))
     if hf_rows:

@@ -196,14 +196,16 @@ def run_stage(step: Step, outputs: dict[str, str], *, progress: bool, command: l
               runners: dict[str, Callable] | None = None) -> dict:
     """Run one stage in its directory (resuming what the job can) and mark it finished; returns its marker."""
     from seqkd import __version__
-    from seqkd.pipeline.jobs import RUNNERS, runner_fields
+    from seqkd.pipeline.jobs import RUNNERS, SWEEP_RUNNERS, runner_fields
 
-    runners = runners or RUNNERS
     s, d = step.stage, step.dir
+    # a sweep some job measures in one call (speculate over gamma: one common baseline); not with a caller's runners
+    together = SWEEP_RUNNERS.get((s.job, s.sweep[0])) if s.sweep and runners is None else None
+    runners = runners or RUNNERS
     d.mkdir(parents=True, exist_ok=True)
     settings = substitute(s.settings, outputs)
     started, t0 = time.time(), time.perf_counter()
-    results = []
+    results, swept = [], []
     for value in _sweep_values(s):
         where = d / f"{s.sweep[0]}={value}" if s.sweep else d
         where.mkdir(parents=True, exist_ok=True)
@@ -211,7 +213,12 @@ def run_stage(step: Step, outputs: dict[str, str], *, progress: bool, command: l
         cfgs = configs(s, settings, str(where), value, runner_fields(s.job, has_ckpt, progress))
         kwargs = {"command": command} if s.job == "generate" else {"processes": s.processes} if s.processes > 1 \
             else {}
-        results.append(runners[s.job](*cfgs, **kwargs))
+        if together is not None:
+            swept.append(cfgs[0])
+        else:
+            results.append(runners[s.job](*cfgs, **kwargs))
+    if together is not None:
+        results = together(swept)
     marker = {"name": s.name, "job": s.job, "key": step.key, "dir": d.name, "settings": settings,
               "key_settings": step.key_settings,
               "sweep": {"field": s.sweep[0], "values": s.sweep[1]} if s.sweep else None,

@@ -6,6 +6,7 @@ The dataclass is the CLI (``seqkd speculate --help``); :func:`speculate` is the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import statistics
 import time
@@ -73,10 +74,26 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
     A caller that already holds them passes the loaded ``target`` / ``draft`` models, their ``tokenizers`` ``(source,
     target)`` and the ``prompts`` (texts): then nothing is loaded or read, and ``cfg.target`` / ``cfg.draft`` /
     ``cfg.input`` only name them in the report (the seqkd and hf engines; vLLM loads its own models from paths)."""
+    return speculate_gammas([cfg], progress, target=target, draft=draft, tokenizers=tokenizers, prompts=prompts)[0]
+
+
+def speculate_gammas(cfgs: list[SpeculateConfig], progress: bool = True, *, target=None, draft=None,
+                     tokenizers=None, prompts: list[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`speculate` at several gammas against one target-only baseline: ``cfgs`` differ only in ``gamma`` (and
+    ``out``); the models load (and compile) once, and with seqkd's decoder each pass decodes every prompt
+    target-only once and speculatively at each gamma, interleaved, so every gamma's speedup divides by the same
+    target-only rates (the other engines run one gamma after another). One report per config, in order."""
     from seqkd.models import count_parameters
     from seqkd.models.draft_vocab import is_pruned_draft
     from seqkd.teacher.engines import TextCodec
 
+    cfg = cfgs[0]
+    others = [dataclasses.replace(c, gamma=cfg.gamma, out=cfg.out) for c in cfgs[1:]]
+    if any(o != cfg for o in others):
+        raise SeqkdError("speculate_gammas(): the configs may differ only in gamma and out")
+    gammas = [c.gamma for c in cfgs]
+    if len(gammas) > 1 and cfg.compare_hf:
+        raise SeqkdError("--compare-hf measures one gamma: HF assisted generation would need a run per gamma")
     holds = target is not None or draft is not None
     if holds and (target is None or draft is None or tokenizers is None):
         raise SeqkdError("speculate(): pass target, draft and tokenizers together")
@@ -89,15 +106,16 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
                          "scores the whole vocabulary")
     texts = _usable(list(prompts), cfg, "the prompt list is empty") if prompts is not None else read_prompts(cfg)
     src_tok, tgt_tok = tokenizers if holds else check_pair(cfg.target, cfg.draft)
+    params = None
     if cfg.engine == "vllm":
         from seqkd.speculative.vllm_runner import vllm_speculate
 
-        report = vllm_speculate(cfg, texts)
+        reports = [vllm_speculate(c, texts) for c in cfgs]
     else:
         if not holds:
             target, draft = _load(cfg.target, cfg), _load(cfg.draft, cfg)
         # frozen parameters count too: a target held by a training job has requires_grad off
-        t_params, d_params = (count_parameters(m, trainable_only=False) for m in (target, draft))
+        params = {k: count_parameters(m, trainable_only=False) for k, m in (("target", target), ("draft", draft))}
         if cfg.draft_quantize != "none":  # a copy: a caller's draft stays as it is
             from seqkd.models.quantize import maybe_quantize
 
@@ -113,20 +131,28 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
         prompt_ids = [torch.tensor([ids]) for ids in codec.encode(texts)]
         was_training = (target.training, draft.training)
         target.eval(), draft.eval()
-        run = _run_hf if cfg.engine == "hf" else _run_seqkd if cfg.batch_size == 1 else _run_seqkd_batched
-        report = run(cfg, target, draft, prompt_ids, progress)
+        if cfg.engine == "hf":
+            reports = [_run_hf(c, target, draft, prompt_ids, progress) for c in cfgs]
+        elif cfg.batch_size == 1:
+            reports = _run_seqkd(cfg, gammas, target, draft, prompt_ids, progress)
+        else:
+            reports = _run_seqkd_batched(cfg, gammas, target, draft, prompt_ids, progress)
         target.train(was_training[0]), draft.train(was_training[1])
-        report["params"] = {"target": t_params, "draft": d_params}
-        if d_params > t_params:
+        if params["draft"] > params["target"]:
             log.warning("the draft (%d parameters) is larger than the target (%d): measured cost ratio c = %s",
-                        d_params, t_params, report.get("cost_ratio"))
-    report.update(engine=cfg.engine, target=cfg.target, draft=cfg.draft, prompts=len(texts), gamma=cfg.gamma,
-                  temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                  adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience, batch_size=cfg.batch_size,
-                  draft_quantize=cfg.draft_quantize, compile=cfg.compile)
-    if cfg.out:
-        atomic_write_json(cfg.out, report)
-    return report
+                        params["draft"], params["target"], reports[0].get("cost_ratio"))
+    for c, report in zip(cfgs, reports):
+        if params is not None:
+            report["params"] = params
+        report.update(engine=c.engine, target=c.target, draft=c.draft, prompts=len(texts), gamma=c.gamma,
+                      temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens,
+                      adaptive_gamma=c.adaptive_gamma, lenience=c.lenience, batch_size=c.batch_size,
+                      draft_quantize=c.draft_quantize, compile=c.compile)
+        if len(gammas) > 1 and c.engine == "seqkd":  # its speedup divides by the same target-only rates
+            report["target_only_shared_with_gammas"] = gammas
+        if c.out:
+            atomic_write_json(c.out, report)
+    return reports
 
 
 def _bar(total: int, enabled: bool, desc: str):
@@ -135,35 +161,42 @@ def _bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
 
 
-def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
-    """Target-only and speculative decoding of each prompt, interleaved (machine noise hits both alike), over
-    ``cfg.passes`` passes; with ``cfg.compare_hf`` also HF generate and HF assisted generation on each prompt, all
-    four compared on absolute tokens/s against HF generate."""
+def _run_seqkd(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: list[torch.Tensor],
+               progress: bool) -> list[dict[str, Any]]:
+    """Target-only decoding of each prompt, then speculative decoding at each of ``gammas``, interleaved prompt by
+    prompt (machine noise hits all alike), over ``cfg.passes`` passes; one report per gamma, every speedup over the
+    same target-only rates. With ``cfg.compare_hf`` (one gamma) also HF generate and HF assisted generation on each
+    prompt, all four compared on absolute tokens/s against HF generate."""
     from seqkd.speculative import SpecStats, autoregressive_generate, speculative_generate
 
     kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     hf_kw = _hf_settings(cfg, draft) if cfg.compare_hf else None
+    spec_keys = [f"seqkd_speculative@{g}" for g in gammas]
     for ids in prompts[: cfg.warmup]:
         autoregressive_generate(target, ids, **kw, seed=cfg.seed)
-        speculative_generate(target, draft, ids, gamma=cfg.gamma, **kw, seed=cfg.seed)
+        for g in gammas:
+            speculative_generate(target, draft, ids, gamma=g, **kw, seed=cfg.seed)
         if hf_kw is not None:
             _hf_generate(target, ids, hf_kw, cfg.seed)
             _hf_generate(target, ids, hf_kw, cfg.seed, draft)
-    base, spec = SpecStats(), SpecStats()
-    same = 0
-    streams = ("seqkd_target_only", "seqkd_speculative") + (("hf_generate", "hf_assisted") if hf_kw else ())
+    base = SpecStats()
+    spec = {k: SpecStats() for k in spec_keys}
+    same = dict.fromkeys(spec_keys, 0)
+    streams = ["seqkd_target_only", *spec_keys] + (["hf_generate", "hf_assisted"] if hf_kw else [])
     rates: dict[str, list[float]] = {k: [] for k in streams}
     with _bar(len(prompts) * cfg.passes, progress, "speculate") as bar:
         for p in range(cfg.passes):
-            tokens = {k: 0 for k in streams}
-            seconds = {k: 0.0 for k in streams}
+            tokens = dict.fromkeys(streams, 0)
+            seconds = dict.fromkeys(streams, 0.0)
             for i, ids in enumerate(prompts):
                 b = autoregressive_generate(target, ids, **kw, seed=cfg.seed + i)
-                s = speculative_generate(target, draft, ids, gamma=cfg.gamma, adaptive_gamma=cfg.adaptive_gamma,
-                                         lenience=cfg.lenience, **kw, seed=cfg.seed + i)
-                for k, st in (("seqkd_target_only", b.stats), ("seqkd_speculative", s.stats)):
-                    tokens[k] += st.generated
-                    seconds[k] += st.wall_seconds
+                done = [("seqkd_target_only", b)]
+                for k, g in zip(spec_keys, gammas):
+                    done.append((k, speculative_generate(target, draft, ids, gamma=g, adaptive_gamma=cfg.adaptive_gamma,
+                                                         lenience=cfg.lenience, **kw, seed=cfg.seed + i)))
+                for k, r in done:
+                    tokens[k] += r.stats.generated
+                    seconds[k] += r.stats.wall_seconds
                 if hf_kw is not None:
                     for k, d in (("hf_generate", None), ("hf_assisted", draft)):
                         n, dt = _hf_generate(target, ids, hf_kw, cfg.seed + i, d)
@@ -171,36 +204,43 @@ def _run_seqkd(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor],
                         seconds[k] += dt
                 if p == 0:  # the counts are the same every pass (same seeds); the times differ
                     base += b.stats
-                    spec += s.stats
-                    same += b.new_tokens == s.new_tokens
+                    for k, r in done[1:]:
+                        spec[k] += r.stats
+                        same[k] += b.new_tokens == r.new_tokens
                 bar.update()
-                bar.set_postfix(accept=f"{spec.acceptance_rate:.2f}", tau=f"{spec.block_efficiency:.2f}")
+                last = spec[spec_keys[-1]]
+                bar.set_postfix(accept=f"{last.acceptance_rate:.2f}", tau=f"{last.block_efficiency:.2f}")
             for k in streams:
                 rates[k].append(tokens[k] / seconds[k] if seconds[k] else 0.0)
-    # the bound for the gamma asked for (blocks near the end draft fewer); adaptive gamma: the largest one used
-    out = spec.summary(baseline=base, gamma=None if cfg.adaptive_gamma else cfg.gamma)
-    speedups = [s / b if b else 0.0 for s, b in zip(rates["seqkd_speculative"], rates["seqkd_target_only"])]
-    out.update(target_only_tokens_per_s=statistics.median(rates["seqkd_target_only"]),
-               speculative_tokens_per_s=statistics.median(rates["seqkd_speculative"]),
-               speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
-               tokens_per_s={k: spread(v) for k, v in rates.items()},
-               target_step_seconds=base.target_step_seconds, identical_outputs=same / len(prompts))
-    if hf_kw is not None:
-        common = rates["hf_generate"]
-        out["comparison"] = {
-            "baseline": "hf_generate",
-            "tokens_per_s": {k: spread(v) for k, v in rates.items()},
-            "speedup_over_baseline": {k: spread([x / c if c else 0.0 for x, c in zip(rates[k], common)])
-                                      for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")},
-        }
-    return out
+    reports = []
+    for k, g in zip(spec_keys, gammas):
+        # the bound for the gamma asked for (blocks near the end draft fewer); adaptive gamma: the largest one used
+        out = spec[k].summary(baseline=base, gamma=None if cfg.adaptive_gamma else g)
+        speedups = [s / b if b else 0.0 for s, b in zip(rates[k], rates["seqkd_target_only"])]
+        mine = {"seqkd_target_only": rates["seqkd_target_only"], "seqkd_speculative": rates[k]}
+        mine.update({h: rates[h] for h in ("hf_generate", "hf_assisted") if h in rates})
+        out.update(target_only_tokens_per_s=statistics.median(rates["seqkd_target_only"]),
+                   speculative_tokens_per_s=statistics.median(rates[k]),
+                   speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
+                   tokens_per_s={s: spread(v) for s, v in mine.items()},
+                   target_step_seconds=base.target_step_seconds, identical_outputs=same[k] / len(prompts))
+        if hf_kw is not None:
+            common = rates["hf_generate"]
+            out["comparison"] = {
+                "baseline": "hf_generate",
+                "tokens_per_s": {s: spread(v) for s, v in mine.items()},
+                "speedup_over_baseline": {s: spread([x / c if c else 0.0 for x, c in zip(mine[s], common)])
+                                          for s in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")},
+            }
+        reports.append(out)
+    return reports
 
 
-def _run_seqkd_batched(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor],
-                       progress: bool) -> dict[str, Any]:
-    """Batches of ``cfg.batch_size`` prompts, target-only and speculative interleaved batch by batch, over
-    ``cfg.passes`` passes. Acceptance counts are per row (as at batch size 1); ``c``, ``v`` and the rates are per
-    batched call (one call serves every row of the batch)."""
+def _run_seqkd_batched(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: list[torch.Tensor],
+                       progress: bool) -> list[dict[str, Any]]:
+    """Batches of ``cfg.batch_size`` prompts, target-only and speculative at each of ``gammas`` interleaved batch by
+    batch, over ``cfg.passes`` passes; one report per gamma. Acceptance counts are per row (as at batch size 1);
+    ``c``, ``v`` and the rates are per batched call (one call serves every row of the batch)."""
     from seqkd.models import family
     from seqkd.speculative import SpecStats
     from seqkd.speculative.batch import autoregressive_generate_batch, speculative_generate_batch
@@ -212,40 +252,50 @@ def _run_seqkd_batched(cfg: SpeculateConfig, target, draft, prompts: list[torch.
     warm = prompts[: cfg.warmup]  # one untimed batch
     if warm:
         autoregressive_generate_batch(target, warm, **kw, seed=cfg.seed)
-        speculative_generate_batch(target, draft, warm, gamma=cfg.gamma, **kw, seed=cfg.seed)
-    base, rows, times = SpecStats(), SpecStats(), SpecStats()
-    same = 0
-    rates: dict[str, list[float]] = {"seqkd_target_only": [], "seqkd_speculative": []}
+        for g in gammas:
+            speculative_generate_batch(target, draft, warm, gamma=g, **kw, seed=cfg.seed)
+    base = SpecStats()
+    rows = [SpecStats() for _ in gammas]  # per gamma: acceptance counts, row by row
+    times = [SpecStats() for _ in gammas]  # per gamma: batched calls and their times
+    same = [0 for _ in gammas]
+    base_rates: list[float] = []
+    spec_rates: list[list[float]] = [[] for _ in gammas]
     with _bar(len(batches) * cfg.passes, progress, "speculate (batched)") as bar:
         for p in range(cfg.passes):
-            tokens, seconds = [0, 0], [0.0, 0.0]
+            tokens, seconds = [0] * (1 + len(gammas)), [0.0] * (1 + len(gammas))
             for j, chunk in enumerate(batches):
                 b = autoregressive_generate_batch(target, chunk, **kw, seed=cfg.seed + j)
-                s = speculative_generate_batch(target, draft, chunk, gamma=cfg.gamma, lenience=cfg.lenience, **kw,
-                                               seed=cfg.seed + j)
-                for k, st in enumerate((b.stats, s.stats)):
+                runs = [speculative_generate_batch(target, draft, chunk, gamma=g, lenience=cfg.lenience, **kw,
+                                                   seed=cfg.seed + j) for g in gammas]
+                for k, st in enumerate([b.stats] + [s.stats for s in runs]):
                     tokens[k] += st.generated
                     seconds[k] += st.wall_seconds
                 if p == 0:
                     base += b.stats
-                    times += s.stats
-                    for r in s.rows:
-                        rows += r
-                    same += sum(x == y for x, y in zip(b.new_tokens, s.new_tokens))
+                    for k, s in enumerate(runs):
+                        times[k] += s.stats
+                        for r in s.rows:
+                            rows[k] += r
+                        same[k] += sum(x == y for x, y in zip(b.new_tokens, s.new_tokens))
                 bar.update()
-                bar.set_postfix(accept=f"{rows.acceptance_rate:.2f}", tau=f"{rows.block_efficiency:.2f}")
-            rates["seqkd_target_only"].append(tokens[0] / seconds[0] if seconds[0] else 0.0)
-            rates["seqkd_speculative"].append(tokens[1] / seconds[1] if seconds[1] else 0.0)
-    out = rows.summary(baseline=base, gamma=cfg.gamma, times=times)
-    speedups = [s / b if b else 0.0 for s, b in zip(rates["seqkd_speculative"], rates["seqkd_target_only"])]
-    out.update(target_only_tokens_per_s=statistics.median(rates["seqkd_target_only"]),
-               speculative_tokens_per_s=statistics.median(rates["seqkd_speculative"]),
-               speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
-               tokens_per_s={k: spread(v) for k, v in rates.items()}, batch_size=cfg.batch_size,
-               target_step_seconds=base.target_step_seconds, identical_outputs=same / len(prompts),
-               batched_calls={"target_only": base.target_calls, "verification": times.target_calls,
-                              "draft": times.draft_steps})
-    return out
+                bar.set_postfix(accept=f"{rows[-1].acceptance_rate:.2f}", tau=f"{rows[-1].block_efficiency:.2f}")
+            base_rates.append(tokens[0] / seconds[0] if seconds[0] else 0.0)
+            for k in range(len(gammas)):
+                spec_rates[k].append(tokens[k + 1] / seconds[k + 1] if seconds[k + 1] else 0.0)
+    reports = []
+    for k, g in enumerate(gammas):
+        out = rows[k].summary(baseline=base, gamma=g, times=times[k])
+        speedups = [s / b if b else 0.0 for s, b in zip(spec_rates[k], base_rates)]
+        out.update(target_only_tokens_per_s=statistics.median(base_rates),
+                   speculative_tokens_per_s=statistics.median(spec_rates[k]),
+                   speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
+                   tokens_per_s={"seqkd_target_only": spread(base_rates), "seqkd_speculative": spread(spec_rates[k])},
+                   batch_size=cfg.batch_size, target_step_seconds=base.target_step_seconds,
+                   identical_outputs=same[k] / len(prompts),
+                   batched_calls={"target_only": base.target_calls, "verification": times[k].target_calls,
+                                  "draft": times[k].draft_steps})
+        reports.append(out)
+    return reports
 
 
 def _hf_settings(cfg: SpeculateConfig, draft) -> dict[str, Any]:

@@ -458,13 +458,14 @@ SPECULATE_STAGES = ("speculate", "speculate-t1", "speculate-pruned-int8", "specu
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
-            "student.max_steps=4", "student.warmup_steps=1", "student.max_tokens=2048", "student.logging_steps=2",
+            "student.epochs=null", "student.max_steps=4", "student.warmup_steps=1", "student.max_tokens=2048",
+            "student.logging_steps=2",
             *[f"{s}.{k}" for s in ("draft", "draft-t1")
               for k in ("max_steps=2", "warmup_steps=1", "eval_size=2", "max_new_tokens=8", "limit=8")],
             "pruned.top=512", "speculate-vllm.engine=seqkd", "speculate-compiled.compile=false",
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
-            "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one load per sweep value
+            "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one call, one baseline
             *[f"{s}.sweep.gamma=[2]" for s in ("speculate-t1", "speculate-pruned-int8", "speculate-compiled")]]
 
 

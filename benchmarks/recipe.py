@@ -1,9 +1,10 @@
 """Benchmark: a built-in recipe end to end (``seqkd run RECIPE``), its report committed as a result.
 
 Runs ``seqkd run RECIPE --out benchmarks/work/recipes/RECIPE [KEY=VALUE ...]`` in a fresh process (cached stages are
-reused: a killed run continues; ``--fresh`` starts over), times the whole command, and writes
-``benchmarks/results/recipe_RECIPE.{json,md}`` (the report's data and text with the commit, the command and the
-machine), the report's plots beside them (``recipe_RECIPE_files/``) and its self-contained ``recipe_RECIPE.html``.
+reused: a killed run continues; ``--fresh`` starts over; the two multi30k recipes share ``recipes/multi30k``), times
+the whole command, and writes ``benchmarks/results/recipe_RECIPE.{json,md}`` (the report's data and text with the
+commit, the command and the machine), the report's plots beside them (``recipe_RECIPE_files/``) and its
+self-contained ``recipe_RECIPE.html``.
 With a headless Chromium at hand (``pip install playwright`` and ``playwright install chromium``, or any Chromium
 binary named by ``SEQKD_CHROMIUM``, e.g. the one npm's ``@sparticuz/chromium`` unpacks where only package registries
 are reachable), it also screenshots the HTML report as a browser shows it (``recipe_RECIPE.screenshot.png``); without
@@ -27,6 +28,9 @@ from pathlib import Path
 import common
 
 ROOT = Path(__file__).resolve().parents[1]
+# recipes that share stages share a run directory, so those stages run once for both (the multi30k recipes' teacher,
+# corpus and seq-KD student; benchmarks/teachers_multi30k.py runs multi30k-teachers there too)
+RUN_DIRS = {"multi30k-de-en": "multi30k", "multi30k-teachers": "multi30k"}
 # what a Chromium of one's own needs to start without a display, a sandbox or a GPU
 CHROMIUM_ARGS = ["--no-sandbox", "--no-zygote", "--single-process", "--disable-gpu", "--use-gl=angle",
                  "--use-angle=swiftshader", "--font-render-hinting=none"]
@@ -36,7 +40,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe", help="a built-in recipe (synthetic, multi30k-de-en, smollm2-draft)")
     p.add_argument("overrides", nargs="*", help="STAGE.FIELD=VALUE, as seqkd run takes them")
-    p.add_argument("--fresh", action="store_true", help="delete the run directory first (every stage runs)")
+    p.add_argument("--fresh", action="store_true", help="delete the run directory first (every stage runs; the "
+                   "multi30k recipes share theirs)")
     return p.parse_args(argv)
 
 
@@ -61,7 +66,7 @@ def screenshot(html: Path, png: Path) -> str | None:
 
 def main(argv=None) -> None:
     a = parse_args(argv)
-    run = ROOT / "benchmarks" / "work" / "recipes" / a.recipe
+    run = ROOT / "benchmarks" / "work" / "recipes" / RUN_DIRS.get(a.recipe, a.recipe)
     if a.fresh and run.exists():
         shutil.rmtree(run)
     cmd = [sys.executable, "-m", "seqkd", "run", a.recipe, "--out", str(run), *a.overrides]

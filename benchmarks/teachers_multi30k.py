@@ -5,7 +5,8 @@ The recipe (``seqkd run multi30k-teachers``; see its description) trains teacher
 as ``multi30k-de-en``'s) and teacher B (another seed), decodes a beam-5 corpus with each and with the A+B ensemble,
 distils ``marian-student-small`` from each corpus, runs a teacher-assistant chain (A -> ``marian-student`` -> the
 small student) and seq-KD from A with hidden-state MSE transfer, and scores every model on test_2016_flickr greedy
-and with beam 5. This script runs it in ``benchmarks/work/recipes/multi30k-teachers`` (cached stage by stage: a
+and with beam 5. This script runs it in ``benchmarks/work/recipes/multi30k``, the run directory of
+``benchmarks/recipe.py multi30k-de-en`` too, so the stages the two recipes share run once (cached stage by stage: a
 killed run continues), then writes the issue's table and comparisons from the recipe's report to
 ``benchmarks/results/teachers_multi30k.{json,md}``. Extra arguments are the recipe's ``STAGE.FIELD=VALUE`` overrides.
 
@@ -36,7 +37,8 @@ ROWS = {"teacher-a": ("teacher A", "teacher"), "teacher-b": ("teacher B (seed 1)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("overrides", nargs="*", help="STAGE.FIELD=VALUE, as seqkd run takes them")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "work" / "recipes" / "multi30k-teachers"))
+    # the run directory of `benchmarks/recipe.py multi30k-de-en` too: the stages the two recipes share run once
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "work" / "recipes" / "multi30k"))
     p.add_argument("--name", default="teachers_multi30k")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     return p.parse_args(argv)

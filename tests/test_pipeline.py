@@ -139,6 +139,22 @@ def test_from_only_and_dry_run(fake, tmp_path, capsys):
     assert "student-b" in out and "settings changed: lr: 0.0005 -> 0.01" in out and "reads student-b" in out
 
 
+def test_two_recipes_in_one_run_directory_share_their_common_stages(fake, tmp_path):
+    """As the multi30k recipes do (benchmarks/recipe.py and teachers_multi30k.py share a run directory): a second
+    recipe finds the stages it has in common with the first finished, and runs only its own."""
+    fake()
+    other = tmp_path / "other.yaml"
+    other.write_text(RECIPE.replace("kd_weight: 0.2", "kd_weight: 0.3").replace("description: caching test",
+                                                                                "description: another recipe"))
+    calls: list[str] = []
+    stages = tmp_path / "run" / "stages"
+    runners = {k: (lambda *cfgs, **kw: calls.append(Path(cfgs[0].out).relative_to(stages).parts[0].rsplit("-", 1)[0])
+                   or {}) for k in RUNNERS}
+    run_recipe(load_recipe(str(other)), tmp_path / "run", runners=runners, report=False, progress=False)
+    assert calls == ["student-b", "evaluate"]  # data, teacher, corpus, top, student-a: the first recipe's
+    assert fake() == []  # and the first recipe's own stages are still there
+
+
 def test_an_unfinished_stage_resumes_and_is_never_taken_for_finished(fake, tmp_path, capsys):
     fake()
     run = tmp_path / "run"

@@ -183,8 +183,8 @@ def test_compare_hf_puts_every_engine_on_one_baseline_over_passes(tiny_lm_model,
     assert "speedup over HF generate" in out and "hf_assisted" in out and "(baseline)" in out
 
 
-@pytest.mark.parametrize("batch_size", [1, 2])
-def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, batch_size):
+@pytest.mark.parametrize("engine,batch_size", [("seqkd", 1), ("seqkd", 2), ("hf", 1)])
+def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, engine, batch_size):
     """speculate_gammas: each gamma's counts equal a run of that gamma alone (same seeds, same tokens); the target-only
     rates are measured once a pass and are every gamma's denominator; each report goes to its own file."""
     import dataclasses
@@ -194,24 +194,26 @@ def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, 
     prompts = tmp_path / "p.txt"
     prompts.write_text("lesko sush jun\npelo kiva\nmura sush\nkiva jun\n")
     cfg = SpeculateConfig(target=str(tiny_lm_model), draft=str(tiny_lm_model), input=str(prompts), temperature=1.0,
-                          max_new_tokens=10, passes=2, batch_size=batch_size)
+                          max_new_tokens=10, passes=2, batch_size=batch_size, engine=engine)
     cfgs = [dataclasses.replace(cfg, gamma=g, out=str(tmp_path / f"g{g}.json")) for g in (2, 5)]
     both = speculate_gammas(cfgs, progress=False)
-    counts = ("drafted", "accepted", "target_calls", "generated", "acceptance_rate", "block_efficiency",
-              "identical_outputs")
-    base = both[0]["tokens_per_s"]["seqkd_target_only"]["per_pass"]
+    counts = ("drafted", "accepted", "target_calls", "generated", "acceptance_rate", "block_efficiency")
+    baseline, speculative = ("hf_generate", "hf_assisted") if engine == "hf" else ("seqkd_target_only",
+                                                                                   "seqkd_speculative")
+    base = both[0]["tokens_per_s"][baseline]["per_pass"]
     for c, r in zip(cfgs, both):
         alone = speculate(dataclasses.replace(c, out=None), progress=False)
         assert r["gamma"] == c.gamma and {k: r[k] for k in counts} == {k: alone[k] for k in counts}
-        assert r["tokens_per_s"]["seqkd_target_only"]["per_pass"] == base
+        assert r["tokens_per_s"][baseline]["per_pass"] == base
         assert r["target_only_shared_with_gammas"] == [2, 5]
-        spec = r["tokens_per_s"]["seqkd_speculative"]["per_pass"]
+        spec = r["tokens_per_s"][speculative]["per_pass"]
         assert r["speedup_spread"]["per_pass"] == pytest.approx([s / b for s, b in zip(spec, base)])
         assert json.loads(open(c.out).read())["gamma"] == c.gamma
     assert both[0]["drafted"] != both[1]["drafted"]  # the two gammas really ran
     assert "target_only_shared_with_gammas" not in speculate(cfg, progress=False)
     with pytest.raises(SeqkdError, match="only in gamma and out"):
         speculate_gammas([cfg, dataclasses.replace(cfg, gamma=3, max_new_tokens=4)], progress=False)
-    with pytest.raises(SeqkdError, match="--compare-hf measures one gamma"):
-        speculate_gammas([dataclasses.replace(cfg, batch_size=1, compare_hf=True),
-                          dataclasses.replace(cfg, batch_size=1, compare_hf=True, gamma=3)], progress=False)
+    if engine == "seqkd" and batch_size == 1:
+        with pytest.raises(SeqkdError, match="--compare-hf measures one gamma"):
+            speculate_gammas([dataclasses.replace(cfg, compare_hf=True),
+                              dataclasses.replace(cfg, compare_hf=True, gamma=3)], progress=False)

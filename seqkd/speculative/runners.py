@@ -80,9 +80,10 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
 def speculate_gammas(cfgs: list[SpeculateConfig], progress: bool = True, *, target=None, draft=None,
                      tokenizers=None, prompts: list[str] | None = None) -> list[dict[str, Any]]:
     """:func:`speculate` at several gammas against one target-only baseline: ``cfgs`` differ only in ``gamma`` (and
-    ``out``); the models load (and compile) once, and with seqkd's decoder each pass decodes every prompt
-    target-only once and speculatively at each gamma, interleaved, so every gamma's speedup divides by the same
-    target-only rates (the other engines run one gamma after another). One report per config, in order."""
+    ``out``); the models load (and compile) once, and each pass decodes every prompt target-only once and
+    speculatively at each gamma, interleaved, so every gamma's speedup divides by the same target-only rates (seqkd's
+    decoder and HF assisted generation; vLLM builds an engine per gamma and runs one after another). One report per
+    config, in order."""
     from seqkd.models import count_parameters
     from seqkd.models.draft_vocab import is_pruned_draft
     from seqkd.teacher.engines import TextCodec
@@ -132,7 +133,7 @@ def speculate_gammas(cfgs: list[SpeculateConfig], progress: bool = True, *, targ
         was_training = (target.training, draft.training)
         target.eval(), draft.eval()
         if cfg.engine == "hf":
-            reports = [_run_hf(c, target, draft, prompt_ids, progress) for c in cfgs]
+            reports = _run_hf(cfg, gammas, target, draft, prompt_ids, progress)
         elif cfg.batch_size == 1:
             reports = _run_seqkd(cfg, gammas, target, draft, prompt_ids, progress)
         else:
@@ -148,7 +149,7 @@ def speculate_gammas(cfgs: list[SpeculateConfig], progress: bool = True, *, targ
                       temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens,
                       adaptive_gamma=c.adaptive_gamma, lenience=c.lenience, batch_size=c.batch_size,
                       draft_quantize=c.draft_quantize, compile=c.compile)
-        if len(gammas) > 1 and c.engine == "seqkd":  # its speedup divides by the same target-only rates
+        if len(gammas) > 1 and c.engine != "vllm":  # its speedup divides by the same target-only rates
             report["target_only_shared_with_gammas"] = gammas
         if c.out:
             atomic_write_json(c.out, report)
@@ -335,50 +336,62 @@ class _CallCounter:
         self.handle.remove()
 
 
-def _run_hf(cfg: SpeculateConfig, target, draft, prompts: list[torch.Tensor], progress: bool) -> dict[str, Any]:
-    """transformers assisted generation (``assistant_model=draft``) vs plain ``generate``, interleaved. Acceptance
-    is counted from forward calls: each target call emits its accepted run plus one token."""
+def _run_hf(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: list[torch.Tensor],
+            progress: bool) -> list[dict[str, Any]]:
+    """transformers assisted generation (``assistant_model=draft``) at each of ``gammas`` vs plain ``generate``,
+    interleaved prompt by prompt (one ``generate`` baseline for every gamma); one report per gamma. Acceptance is
+    counted from forward calls: each target call emits its accepted run plus one token."""
     gen_kw = _hf_settings(cfg, draft)
 
-    def run(ids, assisted: bool, seed: int) -> tuple[int, float]:
-        return _hf_generate(target, ids, gen_kw, seed, draft if assisted else None)
+    def run(ids, gamma: int | None, seed: int) -> tuple[int, float]:
+        if gamma is not None:
+            draft.generation_config.num_assistant_tokens = gamma  # (the heuristic schedule starts from it)
+        return _hf_generate(target, ids, gen_kw, seed, draft if gamma is not None else None)
 
     for ids in prompts[: cfg.warmup]:
-        run(ids, False, cfg.seed)
-        run(ids, True, cfg.seed)
-    base_rates, spec_rates, speedups = [], [], []
+        run(ids, None, cfg.seed)
+        for g in gammas:
+            run(ids, g, cfg.seed)
+    base_rates: list[float] = []
+    spec_rates: list[list[float]] = [[] for _ in gammas]
     tc, dc = _CallCounter(target), _CallCounter(draft)
-    drafted = target_calls = spec_tok = 0  # counted on the first pass (every pass decodes the same tokens)
+    # counted on the first pass (every pass decodes the same tokens), per gamma
+    drafted, target_calls, spec_tok = [0] * len(gammas), [0] * len(gammas), [0] * len(gammas)
     try:
         with _bar(len(prompts) * cfg.passes, progress, "speculate (hf)") as bar:
             for p in range(cfg.passes):
-                base_tok = pass_tok = 0
-                base_s = spec_s = 0.0
+                base_tok, base_s = 0, 0.0
+                pass_tok, spec_s = [0] * len(gammas), [0.0] * len(gammas)
                 for i, ids in enumerate(prompts):
-                    n, dt = run(ids, False, cfg.seed + i)
+                    n, dt = run(ids, None, cfg.seed + i)
                     base_tok, base_s = base_tok + n, base_s + dt
-                    tc.calls = dc.calls = 0
-                    n, dt = run(ids, True, cfg.seed + i)
-                    pass_tok, spec_s = pass_tok + n, spec_s + dt
-                    if p == 0:
-                        target_calls += tc.calls
-                        drafted += dc.calls
+                    for k, g in enumerate(gammas):
+                        tc.calls = dc.calls = 0
+                        n, dt = run(ids, g, cfg.seed + i)
+                        pass_tok[k], spec_s[k] = pass_tok[k] + n, spec_s[k] + dt
+                        if p == 0:
+                            target_calls[k] += tc.calls
+                            drafted[k] += dc.calls
+                            spec_tok[k] += n
                     bar.update()
-                spec_tok = spec_tok or pass_tok
                 base_rates.append(base_tok / base_s if base_s else 0.0)
-                spec_rates.append(pass_tok / spec_s if spec_s else 0.0)
-                speedups.append(spec_rates[-1] / base_rates[-1] if base_rates[-1] else 0.0)
+                for k in range(len(gammas)):
+                    spec_rates[k].append(pass_tok[k] / spec_s[k] if spec_s[k] else 0.0)
     finally:
         tc.remove()
         dc.remove()
-    accepted = max(spec_tok - target_calls, 0)
-    return {
-        "acceptance_rate": accepted / drafted if drafted else 0.0,
-        "block_efficiency": spec_tok / target_calls if target_calls else 0.0,
-        "target_calls": target_calls, "drafted": drafted, "accepted": accepted, "generated": spec_tok,
-        "target_only_tokens_per_s": statistics.median(base_rates),
-        "speculative_tokens_per_s": statistics.median(spec_rates),
-        "speedup": statistics.median(speedups), "speedup_spread": spread(speedups), "passes": cfg.passes,
-        "tokens_per_s": {"hf_generate": spread(base_rates), "hf_assisted": spread(spec_rates)},
-        "counted_from": "forward calls (accepted = generated - target calls; drafted = draft calls)",
-    }
+    reports = []
+    for k in range(len(gammas)):
+        accepted = max(spec_tok[k] - target_calls[k], 0)
+        speedups = [x / b if b else 0.0 for x, b in zip(spec_rates[k], base_rates)]
+        reports.append({
+            "acceptance_rate": accepted / drafted[k] if drafted[k] else 0.0,
+            "block_efficiency": spec_tok[k] / target_calls[k] if target_calls[k] else 0.0,
+            "target_calls": target_calls[k], "drafted": drafted[k], "accepted": accepted, "generated": spec_tok[k],
+            "target_only_tokens_per_s": statistics.median(base_rates),
+            "speculative_tokens_per_s": statistics.median(spec_rates[k]),
+            "speedup": statistics.median(speedups), "speedup_spread": spread(speedups), "passes": cfg.passes,
+            "tokens_per_s": {"hf_generate": spread(base_rates), "hf_assisted": spread(spec_rates[k])},
+            "counted_from": "forward calls (accepted = generated - target calls; drafted = draft calls)",
+        })
+    return reports

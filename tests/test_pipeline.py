@@ -4,6 +4,7 @@ that stage and what reads it only, --from / --only / --dry-run, bad input is one
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -455,10 +456,10 @@ M30_TOY = ["data.limit=400", "teacher.max_steps=30", "teacher.eval_steps=15", "t
 
 
 @pytest.mark.slow
-def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_path):
+def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_path, monkeypatch):
     """Every stage of multi30k-de-en on real data, cut to toy size (400 sentences, 30-step teacher, 10-step students):
     the five students, the CT2 export, the greedy on-policy draft and both speculate sweeps finish, and the report
-    scores all seven models at both beam sizes."""
+    scores all seven models at both beam sizes; benchmarks/kim_rush.py makes Kim & Rush's table from that report."""
     out = tmp_path / "m30"
     assert main(["run", "multi30k-de-en", "--out", str(out), *M30_TOY]) == 0
     report = json.loads((out / "report.json").read_text())
@@ -467,6 +468,20 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert len(rows) == 14 and ("seq-kd-ct2-int8", 5) in rows
     assert report["drafts"]["align"]["draft"]["after"]["drafted"] > 0
     assert [r["gamma"] for r in report["drafts"]["speculate"]["speculate-aligned"]] == [2, 4, 6]
+    # the benchmark's table: the teacher and the five students, each with its training and both decodings
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_kim_rush", root / "benchmarks" / "kim_rush.py")
+    kim_rush = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kim_rush)
+    rows, scores = kim_rush.table(report)
+    assert [r["model"] for r in rows] == ["teacher", "baseline", "word-kd", "seq-kd", "seq-kd+word-kd", "seq-inter"]
+    assert all(r["stop_reason"] == "max_steps" and r["val_bleu"] is not None and r["curve"] for r in rows)
+    assert [r["epochs"] for r in rows if r["model"] == "teacher"] == [report["training"]["runs"]["teacher"]["epochs"]]
+    verdicts = kim_rush.targets(rows)
+    assert len(verdicts) == 3 and all(("**met**" in v) != ("**missed**" in v) for v in verdicts)
+    md = kim_rush.render(rows, scores, report, [])
+    assert md.count("\n| ") == 7 and "CTranslate2 int8" in md  # header + 6 rows
 
 
 SPECULATE_STAGES = ("speculate", "speculate-t1", "speculate-pruned-int8", "speculate-compiled", "speculate-hf",

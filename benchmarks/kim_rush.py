@@ -1,0 +1,171 @@
+"""Benchmark (issues 13 and 15): Kim & Rush's table on Multi30k de->en — a thin caller of the multi30k-de-en recipe.
+
+The recipe (``seqkd run multi30k-de-en``; see its description) trains the marian-teacher, decodes its beam-5 corpus,
+trains five ``marian-student-small`` students on one budget (at most 30 epochs over their own data, early stopping on
+validation BLEU with patience 3), exports the seq-KD student to CTranslate2 int8, aligns it as the teacher's draft and
+scores every model on test_2016_flickr greedy and with beam 5. This script runs it in ``benchmarks/work/recipes/
+multi30k`` (shared with teachers_multi30k.py; cached stage by stage: a killed run continues) and writes Kim & Rush's
+table from the recipe's report — epochs run and the best validation epoch, validation BLEU, BLEU and chrF greedy and
+beam 5 — with issue 13's quality targets and the validation curves, to ``benchmarks/results/kim_rush.{json,md,png}``.
+``--speed`` then measures the teacher and the students where they are deployed (``benchmarks/cpu_speed.py``: HF and
+CTranslate2 float32 / int8, batch 1 and 64, greedy and beam 5, >= 3 interleaved passes; its own result files).
+
+    python benchmarks/kim_rush.py                      # ~8 hours on 2 CPU cores; minutes on a GPU
+    python benchmarks/kim_rush.py --speed              # and cpu_speed.py on the recipe's teacher and students
+    python benchmarks/kim_rush.py evaluate.src=SRC evaluate.ref=REF   # another test set (recipe overrides)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+
+ROOT = Path(__file__).resolve().parents[1]
+# Kim & Rush's rows: the recipe's evaluate name -> (its training stage, training data, word-level loss)
+ROWS = {
+    "baseline": ("student-baseline", "references", "CE"),
+    "word-kd": ("student-word-kd", "references", "CE + online KL (w 0.5)"),
+    "seq-kd": ("student-seq-kd", "teacher's beam-5 best", "CE"),
+    "seq-kd+word-kd": ("student-seq-kd-word-kd", "teacher's beam-5 best", "CE + online KL (w 0.5)"),
+    "seq-inter": ("student-seq-inter", "5-best entry nearest the reference", "CE"),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("overrides", nargs="*", help="STAGE.FIELD=VALUE, as seqkd run takes them")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "work" / "recipes" / "multi30k"),
+                   help="the run directory (benchmarks/teachers_multi30k.py shares it)")
+    p.add_argument("--speed", action="store_true", help="then run benchmarks/cpu_speed.py on the recipe's models")
+    p.add_argument("--name", default="kim_rush")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    return p.parse_args(argv)
+
+
+def table(report: dict) -> tuple[list[dict], dict[str, dict[int, dict]]]:
+    """The teacher's and the students' rows (training and test scores) from a multi30k-de-en report."""
+    runs = report.get("training", {}).get("runs", {})
+    scores: dict[str, dict[int, dict]] = {}
+    for r in report["models"]["rows"]:
+        scores.setdefault(r["model"], {})[r["beam_size"]] = r
+    rows = []
+    for name, (stage, data, loss) in {"teacher": ("teacher", "references", "CE"), **ROWS}.items():
+        if name not in scores or stage not in runs:
+            continue
+        t = runs[stage]
+        per_epoch = t.get("steps_per_epoch") or 0
+        rows.append({"model": name, "stage": stage, "data": data, "loss": loss, "parameters": t["parameters"],
+                     "non_embedding_parameters": t["non_embedding_parameters"], "epochs": t.get("epochs"),
+                     "best_step": t.get("best_step"), "best_epoch": t["best_step"] / per_epoch if per_epoch else None,
+                     "stop_reason": t.get("stop_reason"), "val_bleu": t.get("best_metric"),
+                     "minutes": t["seconds"] / 60, "train_tokens_per_s": t.get("train_tokens_per_s"),
+                     "curve": [(e["epoch"], e["eval_bleu"]) for e in t.get("evaluations", []) if "eval_bleu" in e],
+                     "test": {b: {"bleu": s["bleu"], "chrf": s["chrf"]} for b, s in scores[name].items()}})
+    return rows, scores
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """Issue 13's quality targets, each with the numbers it rests on. The best student is the one with the best
+    validation BLEU (the test set only reports)."""
+    by = {r["model"]: r for r in rows}
+    kd = [n for n in by if n not in ("teacher", "baseline")]
+    if not ({"teacher", "baseline"} <= by.keys() and kd):
+        return ["The targets need the teacher, the baseline and a distilled student."]
+    test = {n: (r["test"][1]["bleu"], r["test"][5]["bleu"]) for n, r in by.items()}
+    best = max(kd, key=lambda n: by[n]["val_bleu"])
+    top = max((n for n in by if n != "teacher"), key=lambda n: by[n]["val_bleu"])
+    checks = [
+        (f"best distilled student on val ({best}) greedy {test[best][0]:.2f} vs the baseline greedy "
+         f"{test['baseline'][0]:.2f}", test[best][0] - test["baseline"][0], 2.0, "≥ +2"),
+        (f"{best} greedy vs the baseline's beam 5 {test['baseline'][1]:.2f}", test[best][0] - test["baseline"][1],
+         0.0, "≥ 0"),
+        (f"best student on val ({top}) greedy {test[top][0]:.2f} vs the teacher's beam 5 {test['teacher'][1]:.2f}",
+         test[top][0] - test["teacher"][1], -1.5, "≥ -1.5"),
+    ]
+    lines = []
+    for what, diff, threshold, want in checks:
+        near = " (within 0.3 BLEU of the threshold: a rerun could flip it)" if abs(diff - threshold) < 0.3 else ""
+        lines.append(f"- {what}: {diff:+.2f} BLEU (target {want}): **{'met' if diff >= threshold else 'missed'}**"
+                     f"{near}.")
+    return lines
+
+
+def render(rows: list[dict], scores: dict, report: dict, overrides: list[str]) -> str:
+    first = next(iter(scores.values()))
+    lines = ["# kim_rush: Kim & Rush (2016) on Multi30k de->en (`seqkd run multi30k-de-en`)", "",
+             f"Test set: {first[1]['sentences']} sentences"
+             + (f"; recipe overrides: `{' '.join(overrides)}`" if overrides else " (test_2016_flickr)")
+             + ". Students `marian-student-small`, each at most 30 epochs over its own training data, stopped when "
+             "validation BLEU (500 val sentences, greedy) has not improved for 3 evaluations; the best validation "
+             "checkpoint is scored. BLEU / chrF: sacrebleu.", "",
+             "| model | training data | loss | params (outside emb.) | epochs run (best; why it stopped) | val BLEU | "
+             "BLEU greedy | BLEU beam 5 | chrF greedy | chrF beam 5 |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ep = (f"{r['epochs']:.1f} ({r['best_epoch']:.1f}; {r['stop_reason']})" if r["epochs"] is not None
+              and r["best_epoch"] is not None else "-")
+        val = f"{r['val_bleu']:.2f}" if r["val_bleu"] is not None else "-"
+        lines.append(f"| {r['model']} | {r['data']} | {r['loss']} | {r['parameters'] / 1e6:.2f}M "
+                     f"({r['non_embedding_parameters'] / 1e6:.2f}M) | {ep} | {val} | {r['test'][1]['bleu']:.2f} | "
+                     f"{r['test'][5]['bleu']:.2f} | {r['test'][1]['chrf']:.2f} | {r['test'][5]['chrf']:.2f} |")
+    if "seq-kd-ct2-int8" in scores:
+        s = scores["seq-kd-ct2-int8"]
+        lines += ["", f"The seq-KD student exported to CTranslate2 int8: {s[1]['bleu']:.2f} greedy, {s[5]['bleu']:.2f} "
+                      "beam 5 (speed in every engine: `benchmarks/cpu_speed.py`, run by `--speed`)."]
+    lines += ["", "## Targets (issue 13)", "", *targets(rows), "",
+              f"BLEU signature: `{first[1]['bleu_signature']}`", "",
+              "Training minutes: " + ", ".join(f"{r['model']} {r['minutes']:.0f}" for r in rows)
+              + f"; the recipe's stages: {sum(s['seconds'] for s in report['stages'].values()) / 60:.0f} min."]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    """Validation BLEU against epochs, every model up to where its training stopped."""
+    plt = common.pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        if r["curve"]:
+            ax.plot(*zip(*r["curve"]), marker=".", label=r["model"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation BLEU (greedy)")
+    ax.set_title("Multi30k de->en: teacher and students until early stopping")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "seqkd", "run", "multi30k-de-en", "--out", a.out, *a.overrides],
+                   check=True, cwd=ROOT)
+    report = json.loads((Path(a.out) / "report.json").read_text(encoding="utf-8"))
+    if report.get("recipe") != "multi30k-de-en":
+        sys.exit(f"{a.out}/report.json is not a multi30k-de-en report")
+    rows, scores = table(report)
+    common.write_results(a.name, {"rows": rows, "report": report, "overrides": a.overrides,
+                                  "wall_s": time.perf_counter() - t0},
+                         render(rows, scores, report, a.overrides), results_dir=a.results,
+                         plot=lambda path: plot(rows, path))
+    print(f"{Path(a.results) / a.name}.md")
+    if a.speed:  # the recipe's models where they are deployed, in a fresh process (cpu_speed runs its own workers)
+        # the stage directories themselves (named by their key): cpu_speed keeps an export per directory name
+        models = [f"{n}={(Path(a.out) / stage).resolve()}"
+                  for n, stage in [("teacher", "teacher"), *((n, st) for n, (st, _, _) in ROWS.items())]]
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_speed.py"),
+                        *[x for m in models for x in ("--model", m)]], check=True, cwd=ROOT)
+
+
+if __name__ == "__main__":
+    main()

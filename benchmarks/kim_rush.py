@@ -18,7 +18,6 @@ CTranslate2 float32 / int8, batch 1 and 64, greedy and beam 5, >= 3 interleaved 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -148,11 +147,7 @@ def plot(rows: list[dict], path: Path) -> bool:
 def main(argv=None) -> None:
     a = parse_args(argv)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "seqkd", "run", "multi30k-de-en", "--out", a.out, *a.overrides],
-                   check=True, cwd=ROOT)
-    report = json.loads((Path(a.out) / "report.json").read_text(encoding="utf-8"))
-    if report.get("recipe") != "multi30k-de-en":
-        sys.exit(f"{a.out}/report.json is not a multi30k-de-en report")
+    report = common.run_recipe("multi30k-de-en", a.out, a.overrides)
     rows, scores = table(report)
     common.write_results(a.name, {"rows": rows, "report": report, "overrides": a.overrides,
                                   "wall_s": time.perf_counter() - t0},

@@ -17,11 +17,8 @@ one it says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -69,11 +66,9 @@ def main(argv=None) -> None:
     run = ROOT / "benchmarks" / "work" / "recipes" / RUN_DIRS.get(a.recipe, a.recipe)
     if a.fresh and run.exists():
         shutil.rmtree(run)
-    cmd = [sys.executable, "-m", "seqkd", "run", a.recipe, "--out", str(run), *a.overrides]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    report = common.run_recipe(a.recipe, run, a.overrides)
     wall = time.perf_counter() - t0
-    report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     name = f"recipe_{a.recipe.replace('-', '_')}"
     results = ROOT / "benchmarks" / "results"
     files = results / f"{name}_files"

@@ -16,9 +16,6 @@ killed run continues), then writes the issue's table and comparisons from the re
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -74,9 +71,7 @@ def comparisons(by: dict) -> list[str]:
 def main(argv=None) -> None:
     a = parse_args(argv)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "seqkd", "run", "multi30k-teachers", "--out", a.out, *a.overrides],
-                   check=True, cwd=ROOT)
-    report = json.loads((Path(a.out) / "report.json").read_text(encoding="utf-8"))
+    report = common.run_recipe("multi30k-teachers", a.out, a.overrides)
     runs = report.get("training", {}).get("runs", {})
     by: dict[str, dict[int, dict]] = {}
     for r in report["models"]["rows"]:

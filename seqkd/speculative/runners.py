@@ -88,6 +88,8 @@ def speculate_gammas(cfgs: list[SpeculateConfig], progress: bool = True, *, targ
     from seqkd.models.draft_vocab import is_pruned_draft
     from seqkd.teacher.engines import TextCodec
 
+    if not cfgs:
+        raise SeqkdError("speculate_gammas(): no configs")
     cfg = cfgs[0]
     others = [dataclasses.replace(c, gamma=cfg.gamma, out=cfg.out) for c in cfgs[1:]]
     if any(o != cfg for o in others):

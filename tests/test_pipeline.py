@@ -484,8 +484,8 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert md.count("\n| ") == 7 and "CTranslate2 int8" in md  # header + 6 rows
 
 
-SPECULATE_STAGES = ("speculate", "speculate-t1", "speculate-pruned-int8", "speculate-compiled", "speculate-hf",
-                    "speculate-batched", "speculate-vllm")
+SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-pruned-int8", "speculate-compiled",
+                    "speculate-hf", "speculate-batched", "speculate-vllm")
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
@@ -497,6 +497,7 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
             "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one call, one baseline
+            "speculate-val.sweep.gamma=[2,3]",
             *[f"{s}.sweep.gamma=[2]" for s in ("speculate-t1", "speculate-pruned-int8", "speculate-compiled")]]
 
 
@@ -523,3 +524,8 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
     md = (out / "report.md").read_text()
     assert "HF assisted generation" in md and "| first:4 |" in md and "| int8 |" in md
+    # gamma is chosen on the validation prompts, and the headline is the test stage at that gamma
+    g = max(spec["speculate-val"], key=lambda r: r["speedup"])["gamma"]
+    at = next(r for r in spec["speculate"] if r["gamma"] == g)
+    assert (f"Gamma chosen on the validation prompts (speculate-val): {g}; on the test prompts (speculate) at gamma "
+            f"{g}: {at['speedup']:.2f}x") in md

@@ -273,13 +273,37 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[Block]:
         lines.append("Greedy BLEU (words/s): " + ", ".join(f"{r['model']} {r['bleu']:.2f} ({r['words_per_s']:,.0f})"
                                                           for r in sorted(greedy, key=lambda r: -r["bleu"])) + ".")
     spec = sections.get("drafts", {}).get("speculate", {})
-    if spec:
-        best = max(((n, r) for n, rs in spec.items() for r in rs), key=lambda t: t[1]["speedup"])
+    lines += _gamma_chosen_on_val(spec)
+    held_out = {n: rs for n, rs in spec.items() if not n.endswith(VAL_SUFFIX)}
+    if held_out:
+        best = max(((n, r) for n, rs in held_out.items() for r in rs), key=lambda t: t[1]["speedup"])
         lines.append(f"Best speculative speedup: {best[1]['speedup']:.2f}x ({best[0]}, gamma {best[1]['gamma']}, "
                      f"acceptance {best[1]['acceptance_rate']:.3f}).")
     total = sum(m["seconds"] for m in markers.values())
     lines.append(f"{len(markers)} stages, {total / 60:.1f} minutes of stage wall time in all.")
     return [("h2", "Summary"), ("p", " ".join(lines))]
+
+
+# a speculate stage named NAME-val (a gamma sweep on validation prompts) chooses the gamma of the stage NAME (the
+# same sweep on the test prompts): the headline reports the test speedup at the gamma chosen there
+VAL_SUFFIX = "-val"
+
+
+def _gamma_chosen_on_val(spec: dict[str, list[dict]]) -> list[str]:
+    lines = []
+    for name, val in spec.items():
+        test = spec.get(name[: -len(VAL_SUFFIX)]) if name.endswith(VAL_SUFFIX) else None
+        if not test:
+            continue
+        g = max(val, key=lambda r: r["speedup"])["gamma"]
+        at = [r for r in test if r["gamma"] == g]
+        if at:
+            r, rng = at[0], at[0].get("speedup_spread") or {}
+            lines.append(f"Gamma chosen on the validation prompts ({name}): {g}; on the test prompts "
+                         f"({name[: -len(VAL_SUFFIX)]}) at gamma {g}: {r['speedup']:.2f}x"
+                         + (f" ({rng['min']:.2f}-{rng['max']:.2f})" if "min" in rng else "")
+                         + f", acceptance {r['acceptance_rate']:.3f}.")
+    return lines
 
 
 def _as_list(x):

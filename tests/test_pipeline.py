@@ -452,7 +452,8 @@ M30_TOY = ["data.limit=400", "teacher.max_steps=30", "teacher.eval_steps=15", "t
              for k in ("epochs=null", "max_steps=10", "eval_steps=5", "bleu_samples=20", "patience=0")],
            "draft.max_steps=5", "draft.warmup_steps=1", "draft.eval_size=5", "draft.max_new_tokens=12",
            "draft.limit=50", "speculate-unaligned.limit=5", "speculate-unaligned.max_new_tokens=12",
-           "speculate-aligned.limit=5", "speculate-aligned.max_new_tokens=12", "evaluate.max_new_tokens=20"]
+           "speculate-aligned.limit=5", "speculate-aligned.max_new_tokens=12", "speculate-aligned-val.limit=5",
+           "speculate-aligned-val.max_new_tokens=12", "evaluate.max_new_tokens=20"]
 
 
 @pytest.mark.slow
@@ -468,6 +469,7 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert len(rows) == 14 and ("seq-kd-ct2-int8", 5) in rows
     assert report["drafts"]["align"]["draft"]["after"]["drafted"] > 0
     assert [r["gamma"] for r in report["drafts"]["speculate"]["speculate-aligned"]] == [2, 4, 6]
+    assert "Gamma chosen on the validation prompts (speculate-aligned-val)" in (out / "report.md").read_text()
     # the benchmark's table: the teacher and the five students, each with its training and both decodings
     root = Path(__file__).resolve().parents[1]
     monkeypatch.syspath_prepend(str(root / "benchmarks"))

@@ -967,7 +967,8 @@ class AlignConfig:
     mixed_lambda: float = _help("--data mixed: probability that a batch is draft-generated.", default=0.5)
     temperature: float = _help("Sampling temperature of generated training data (draft and target); 0 = greedy "
                                "(align a draft where it is used: at the temperature it will decode at).", default=1.0)
-    max_new_tokens: int = _help("Longest generated training continuation.", default=64)
+    max_new_tokens: int = _help("Longest generated continuation: of the training data and of the acceptance "
+                                "measurement before and after.", default=64)
     prompt_format: PromptFormat = _help("How a prompt line becomes model input: auto, translation, plain or chat (as "
                                         "`seqkd generate`; chat for an instruct target such as SmolLM2-Instruct).",
                                         default="auto")

@@ -189,7 +189,7 @@ def align(cfg: AlignConfig) -> dict[str, Any]:
     prompts, refs, evals = _texts(cfg)
     work = out.with_name(out.name + "-work")  # not inside out: the training run owns that directory
     measure = dict(gamma=cfg.eval_gamma, temperature=cfg.eval_temperature, seed=cfg.seed, device=cfg.device,
-                   prompt_format=cfg.prompt_format)
+                   prompt_format=cfg.prompt_format, max_new_tokens=cfg.max_new_tokens)
     target = load_model(cfg.target, device=cfg.device)
     before = measure_acceptance(target, load_model(cfg.draft, device=cfg.device), tokenizers, evals, **measure,
                                 names=(cfg.target, cfg.draft))

@@ -486,8 +486,8 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert md.count("\n| ") == 7 and "CTranslate2 int8" in md  # header + 6 rows
 
 
-SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-pruned-int8", "speculate-compiled",
-                    "speculate-hf", "speculate-batched", "speculate-vllm")
+SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-pruned-int8", "speculate-pruned",
+                    "speculate-int8", "speculate-compiled", "speculate-hf", "speculate-batched", "speculate-vllm")
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
@@ -521,7 +521,8 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert set(spec) == set(SPECULATE_STAGES)
     assert [r["gamma"] for r in spec["speculate"]] == [2, 3]
     assert [r["batch_size"] for r in spec["speculate-batched"]] == [2, 4]
-    assert all(r["draft_quantize"] == "int8" for r in spec["speculate-pruned-int8"])
+    assert all(r["draft_quantize"] == "int8" for r in spec["speculate-pruned-int8"] + spec["speculate-int8"])
+    assert spec["speculate-pruned"][0]["draft_quantize"] == "none"  # each factor alone, beside both together
     assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"])
     assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
     md = (out / "report.md").read_text()

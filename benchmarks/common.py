@@ -285,9 +285,10 @@ def pyplot():
 def run_recipe(recipe: str, out: str | Path, overrides: list[str]) -> dict:
     """``seqkd run RECIPE --out OUT [STAGE.FIELD=VALUE ...]`` in a fresh process (finished stages are reused, a killed
     run continues); returns the run's report (``report.json``)."""
+    out = Path(out).resolve()  # the run happens in ROOT: a relative OUT is the caller's
     subprocess.run([sys.executable, "-m", "seqkd", "run", recipe, "--out", str(out), *overrides], check=True,
                    cwd=ROOT)
-    return json.loads((Path(out) / "report.json").read_text(encoding="utf-8"))
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 
 def test_sets(given: list | None, dataset: str = "multi30k:de-en", split: str = "test_2016_flickr") -> list[tuple]:

@@ -23,6 +23,7 @@ $py benchmarks/distill_multi30k.py --corpus-only
 is_done() { [ -f "data/models/students/multi30k-de-en-$1/train_summary.json" ]; }
 is_running() { pgrep -f -- "distill_multi30k.py --students ${1//+/\\+}\$" > /dev/null; }
 slots() {  # train the given students in two one-thread slots; logs in benchmarks/work/
+  declare -A starts=()
   while true; do
     local todo=0 running=0 s
     for s in "$@"; do
@@ -34,6 +35,11 @@ slots() {  # train the given students in two one-thread slots; logs in benchmark
     for s in "$@"; do
       [ "$running" -ge 2 ] && break
       if ! is_done "$s" && ! is_running "$s"; then
+        starts[$s]=$(( ${starts[$s]:-0} + 1 ))
+        if [ "${starts[$s]}" -gt 3 ]; then  # it stopped three times without finishing: a failure, not a kill
+          echo "student $s failed 3 times: see benchmarks/work/distill_${s}.log" >&2
+          exit 1
+        fi
         OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $py benchmarks/distill_multi30k.py --students "$s" \
             >> "benchmarks/work/distill_${s}.log" 2>&1 &
         running=$((running + 1))

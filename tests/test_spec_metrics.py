@@ -196,6 +196,7 @@ def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, 
     cfg = SpeculateConfig(target=str(tiny_lm_model), draft=str(tiny_lm_model), input=str(prompts), temperature=1.0,
                           max_new_tokens=10, passes=2, batch_size=batch_size, engine=engine)
     cfgs = [dataclasses.replace(cfg, gamma=g, out=str(tmp_path / f"g{g}.json")) for g in (2, 5)]
+    cfgs.append(dataclasses.replace(cfg, gamma=2, out=str(tmp_path / "g2-again.json")))  # a repeat is its own run
     both = speculate_gammas(cfgs, progress=False)
     counts = ("drafted", "accepted", "target_calls", "generated", "acceptance_rate", "block_efficiency")
     baseline, speculative = ("hf_generate", "hf_assisted") if engine == "hf" else ("seqkd_target_only",
@@ -205,11 +206,12 @@ def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, 
         alone = speculate(dataclasses.replace(c, out=None), progress=False)
         assert r["gamma"] == c.gamma and {k: r[k] for k in counts} == {k: alone[k] for k in counts}
         assert r["tokens_per_s"][baseline]["per_pass"] == base
-        assert r["target_only_shared_with_gammas"] == [2, 5]
+        assert r["target_only_shared_with_gammas"] == [2, 5, 2]
         spec = r["tokens_per_s"][speculative]["per_pass"]
         assert r["speedup_spread"]["per_pass"] == pytest.approx([s / b for s, b in zip(spec, base)])
         assert json.loads(open(c.out).read())["gamma"] == c.gamma
     assert both[0]["drafted"] != both[1]["drafted"]  # the two gammas really ran
+    assert {k: both[2][k] for k in counts} == {k: both[0][k] for k in counts}
     assert "target_only_shared_with_gammas" not in speculate(cfg, progress=False)
     with pytest.raises(SeqkdError, match="only in gamma and out"):
         speculate_gammas([cfg, dataclasses.replace(cfg, gamma=3, max_new_tokens=4)], progress=False)

@@ -176,7 +176,7 @@ def _speculate_gammas(cfgs: list) -> list[dict]:
     """A gamma sweep in one call: one target-only baseline for every gamma (seqkd's decoder), models loaded once."""
     from seqkd.speculative.runners import speculate_gammas
 
-    if cfgs[0].engine == "vllm":
+    if cfgs[0].engine == "vllm" or cfgs[0].compare_hf:  # (HF assisted generation is compared at one gamma a call)
         return [_speculate(c) for c in cfgs]
     return speculate_gammas(cfgs, progress=False)
 

@@ -174,7 +174,7 @@ def _run_seqkd(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: 
 
     kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     hf_kw = _hf_settings(cfg, draft) if cfg.compare_hf else None
-    spec_keys = [f"seqkd_speculative@{g}" for g in gammas]
+    spec_keys = [f"seqkd_speculative#{k}" for k in range(len(gammas))]  # by position: a gamma may repeat
     for ids in prompts[: cfg.warmup]:
         autoregressive_generate(target, ids, **kw, seed=cfg.seed)
         for g in gammas:

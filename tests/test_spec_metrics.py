@@ -213,6 +213,8 @@ def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, 
     assert both[0]["drafted"] != both[1]["drafted"]  # the two gammas really ran
     assert {k: both[2][k] for k in counts} == {k: both[0][k] for k in counts}
     assert "target_only_shared_with_gammas" not in speculate(cfg, progress=False)
+    with pytest.raises(SeqkdError, match="no configs"):
+        speculate_gammas([], progress=False)
     with pytest.raises(SeqkdError, match="only in gamma and out"):
         speculate_gammas([cfg, dataclasses.replace(cfg, gamma=3, max_new_tokens=4)], progress=False)
     if engine == "seqkd" and batch_size == 1:

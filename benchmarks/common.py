@@ -282,12 +282,12 @@ def pyplot():
     return plt
 
 
-def run_recipe(recipe: str, out: str | Path, overrides: list[str]) -> dict:
-    """``seqkd run RECIPE --out OUT [STAGE.FIELD=VALUE ...]`` in a fresh process (finished stages are reused, a killed
-    run continues); returns the run's report (``report.json``)."""
+def run_recipe(recipe: str, out: str | Path, overrides: list[str], jobs: int = 1) -> dict:
+    """``seqkd run RECIPE --out OUT --jobs N [STAGE.FIELD=VALUE ...]`` in a fresh process (finished stages are reused,
+    a killed run continues); returns the run's report (``report.json``)."""
     out = Path(out).resolve()  # the run happens in ROOT: a relative OUT is the caller's
-    subprocess.run([sys.executable, "-m", "seqkd", "run", recipe, "--out", str(out), *overrides], check=True,
-                   cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "seqkd", "run", recipe, "--out", str(out), "--jobs", str(jobs), *overrides],
+                   check=True, cwd=ROOT)
     return json.loads((out / "report.json").read_text(encoding="utf-8"))
 
 

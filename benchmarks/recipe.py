@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe", help="a built-in recipe (synthetic, multi30k-de-en, smollm2-draft)")
     p.add_argument("overrides", nargs="*", help="STAGE.FIELD=VALUE, as seqkd run takes them")
+    p.add_argument("--jobs", type=int, default=1, help="seqkd run --jobs: training stages ready together run N at a "
+                   "time, each with 1/N of the cores")
     p.add_argument("--fresh", action="store_true", help="delete the run directory first (every stage runs; the "
                    "multi30k recipes share theirs)")
     return p.parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
     if a.fresh and run.exists():
         shutil.rmtree(run)
     t0 = time.perf_counter()
-    report = common.run_recipe(a.recipe, run, a.overrides)
+    report = common.run_recipe(a.recipe, run, a.overrides, a.jobs)
     wall = time.perf_counter() - t0
     name = f"recipe_{a.recipe.replace('-', '_')}"
     results = ROOT / "benchmarks" / "results"

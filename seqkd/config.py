@@ -798,10 +798,16 @@ class RunConfig:
                                    aliases=["--from"])
     only: str | None = _help("run this stage only (the stages it reads must be cached)", default=None)
     dry_run: bool = _help("print the plan (which stages run, which are cached, and why) and stop", default=False)
+    jobs: int = _help("run up to N stages at a time where their inputs are finished (training and file jobs; each in "
+                      "its own process with 1/N of the cores, as make -j); stages that time decoding or use every "
+                      "core (speculate, evaluate, align, generate, draft-init) always run alone. On a 2-core CPU, "
+                      "--jobs 2 trains two students in one-thread processes side by side", default=1)
 
     def __post_init__(self) -> None:
         if self.from_stage and self.only:
             raise SeqkdError("--from and --only contradict each other: give one")
+        if self.jobs < 1:
+            raise SeqkdError(f"--jobs must be >= 1, got {self.jobs}")
         for kv in self.overrides:
             key, sep, _ = kv.partition("=")
             if not sep or "." not in key:

@@ -238,6 +238,7 @@ def test_an_input_file_change_reruns_the_stage(fake, tmp_path):
     (["run", "synthetic", "max_steps=3"], "give STAGE.FIELD=VALUE"),
     (["run", "synthetic", "--from", "nosuch", "--dry-run"], "--from nosuch: no such stage"),
     (["run", "synthetic", "--from", "teacher", "--only", "data"], "contradict"),
+    (["run", "synthetic", "--jobs", "0"], "--jobs must be >= 1, got 0"),
 ])
 def test_bad_input_is_one_line(capsys, args, needle):
     assert main(args) == 2
@@ -253,6 +254,8 @@ def test_bad_input_is_one_line(capsys, args, needle):
     ("stages:\n  a:\n    job: select\n    corpus: ${zzz}\n", "which is no stage of the recipe"),
     ("stages: [1, 2]\n", "expected a mapping with a non-empty 'stages'"),
     ("stages:\n  a:\n    job: speculate\n    target: t\n    draft: d\n    sweep: {gamma: 3}\n", "sweep takes one"),
+    ("stages:\n  a:\n    job: speculate\n    target: t\n    sweep: {draft: ['${b}']}\n  b:\n    job: model\n"
+     "    path: m\n", "reads ${b}, which comes later"),  # a swept reference is a read too
     ("stages:\n  a:\n    job: select\n    corpus: c\n    launch: {processes: 2}\n", "for training jobs"),
     ("stages:\n  a:\n    job: train\n    data: synthetic\n    launch: {gpus: 2}\n", "launch takes {processes: N}"),
 ])
@@ -299,7 +302,7 @@ def test_synthetic_recipe_reduced_shows_what_distillation_is_for(tmp_path):
     assert [r["gamma"] for r in sweep] == [1, 2, 4, 6]
     base = sweep[0]["tokens_per_s"]["seqkd_target_only"]["per_pass"]
     for r in sweep:
-        assert r["target_only_shared_with_gammas"] == [1, 2, 4, 6]
+        assert [x["gamma"] for x in r["target_only_shared_with"]] == [1, 2, 4, 6]
         assert r["tokens_per_s"]["seqkd_target_only"]["per_pass"] == base
         assert r["speedup"] == pytest.approx(r["tokens_per_s"]["seqkd_speculative"]["per_pass"][0] / base[0])
     html = (out / "report.html").read_text()
@@ -420,6 +423,145 @@ def test_a_recipe_pointed_at_your_own_teacher(tmp_path, tiny_mt_model):
         run_recipe(bad, tmp_path / "run2", runners=runners, report=False, progress=False)
 
 
+def test_a_sweep_over_drafts_compares_them_on_one_baseline(tmp_path, tiny_lm_model):
+    """sweep: {draft: ["${a}", "${b}"]}: the swept references are reads (a changed draft reruns the comparison), each
+    draft has its directory by stage name, one call measures both on one target-only baseline, and the report labels
+    the rows and says how the two compare."""
+    from seqkd.models import build_model, load_model
+    from seqkd.models.tokenizer import load_tokenizers, save_tokenizers
+
+    for name, seed in (("fresh", 7), ("other", 8)):  # untrained drafts with the target's tokenizer
+        build_model("llama-tiny-student", vocab_size=load_model(tiny_lm_model).config.vocab_size,
+                    seed=seed).save_pretrained(tmp_path / name)
+        save_tokenizers(*load_tokenizers(tiny_lm_model), tmp_path / name)
+    (tmp_path / "p.txt").write_text("lesko sush jun\npelo kiva\nmura sush\n")
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""
+stages:
+  target: {{job: model, path: {tiny_lm_model}}}
+  a: {{job: model, path: {tmp_path / 'fresh'}}}
+  b: {{job: model, path: {tiny_lm_model}}}
+  compare:
+    job: speculate
+    target: ${{target}}
+    input: {tmp_path / 'p.txt'}
+    gamma: 2
+    max_new_tokens: 6
+    passes: 2
+    warmup: 0
+    sweep: {{draft: ["${{a}}", "${{b}}"]}}
+""")
+    recipe = load_recipe(str(path))
+    assert recipe.stage("compare").refs() == ["target", "a", "b"]
+    run_recipe(recipe, tmp_path / "run", progress=False)
+    stage = json.loads((tmp_path / "run" / "compare" / MARKER).read_text())
+    assert sorted(p.name for p in (tmp_path / "run" / "compare").iterdir() if p.is_dir()) == ["draft=a", "draft=b"]
+    fresh, own = stage["result"]
+    assert fresh["tokens_per_s"]["seqkd_target_only"] == own["tokens_per_s"]["seqkd_target_only"]
+    assert own["acceptance_rate"] == 1.0 > fresh["acceptance_rate"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| compare (a) |" in md and "| compare (b) |" in md
+    assert (f"Compared on one target-only baseline (compare, gamma 2, T 0): a {fresh['speedup']:.2f}x "
+            f"({fresh['speedup_spread']['min']:.2f}-") in md
+    assert f"speedup b / a = {own['speedup'] / fresh['speedup']:.2f}." in md
+    # another draft b: the comparison reads it, so it reruns; the target and a stay finished
+    steps = plan(load_recipe(str(path), [f"b.path={tmp_path / 'other'}"]), tmp_path / "run")
+    assert {st.stage.name: st.action for st in steps} == {"target": "cached", "a": "cached", "b": "run",
+                                                         "compare": "run"}
+
+
+def test_jobs_runs_ready_training_stages_side_by_side_and_the_rest_alone(tmp_path, monkeypatch):
+    """--jobs 2 on RECIPE (fake jobs; workers as threads): the two students, ready together, run side by side in
+    workers with one thread each (2 cores); every other stage runs here, alone (the only one ready, or a job that times
+    decoding: generate, evaluate), after the stages it reads; markers, links and run.json as a sequential run writes
+    them, in recipe order; a failed worker stops new starts, lets the running one finish and fails with its log."""
+    import threading
+
+    import seqkd.pipeline.jobs as jobs_mod
+    import seqkd.pipeline.run as run_mod
+
+    events: list[tuple[str, str, float]] = []
+    workers: dict[str, int] = {}
+    fail: set[str] = set()
+
+    def job(*cfgs, **kw):
+        name = Path(cfgs[0].out).relative_to(tmp_path / "run" / "stages").parts[0].rsplit("-", 1)[0]
+        events.append((name, "start", time.perf_counter()))
+        time.sleep(0.3)
+        if name in fail:
+            raise SeqkdError(f"{name} broke")
+        events.append((name, "end", time.perf_counter()))
+        return {}
+
+    class Thread:  # a worker process, as a thread: poll() is None until it ends, then its exit status
+        def __init__(self, st, outputs, threads, argv, log):
+            workers[st.stage.name] = threads
+            self.rc = None
+            log.parent.mkdir(parents=True, exist_ok=True)
+
+            def go():
+                try:
+                    run_mod.run_stage(st, outputs, progress=False, command=argv)
+                    self.rc = 0
+                except SeqkdError as e:
+                    log.write_text(f"seqkd: error: {e}\n")
+                    self.rc = 1
+            threading.Thread(target=go).start()
+
+        def poll(self):
+            return self.rc
+
+    for k in RUNNERS:
+        monkeypatch.setitem(jobs_mod.RUNNERS, k, job)
+    monkeypatch.setattr(run_mod, "_spawn", Thread)
+    monkeypatch.setattr(run_mod, "_cores", lambda: 2)
+    path = tmp_path / "r.yaml"
+    path.write_text(RECIPE)
+    result = run_recipe(load_recipe(str(path)), tmp_path / "run", report=False, progress=False, jobs=2)
+    assert workers == {"student-a": 1, "student-b": 1}
+    at = {(n, e): t for n, e, t in events}
+    assert at["student-b", "start"] < at["student-a", "end"] and at["student-a", "start"] < at["student-b", "end"]
+    assert at["top", "end"] < min(at["student-a", "start"], at["student-b", "start"])
+    assert at["evaluate", "start"] > max(at["student-a", "end"], at["student-b", "end"])
+    order = [n for n, e, _ in events if e == "start"]
+    assert order[:4] == ["data", "teacher", "corpus", "top"] and order[-1] == "evaluate"
+    assert list(result["markers"]) == [s.name for s in load_recipe(str(path)).stages]
+    assert all(st.action == "cached" for st in plan(load_recipe(str(path)), tmp_path / "run"))
+    # a failed worker: the other one finishes (and is kept), nothing later starts, the run fails with the log
+    events.clear()
+    fail.add("student-b")
+    with pytest.raises(SeqkdError, match="stage student-b failed: its log is .*student-b.log"):
+        run_recipe(load_recipe(str(path), ["student-a.kd_weight=0.7", "student-b.kd_weight=0.3"]), tmp_path / "run",
+                   report=False, progress=False, jobs=2)
+    assert {n for n, e, _ in events if e == "end"} == {"student-a"}
+    assert {n for n, e, _ in events if e == "start"} == {"student-a", "student-b"}
+    steps = {st.stage.name: st.action for st in plan(load_recipe(str(path), ["student-a.kd_weight=0.7",
+                                                                             "student-b.kd_weight=0.3"]),
+                                                     tmp_path / "run")}
+    assert steps["student-a"] == "cached" and steps["student-b"] == steps["evaluate"] == "run"
+
+
+def test_jobs_workers_are_processes_that_give_what_a_sequential_run_gives(tmp_path):
+    """--jobs 2 for real: two data stages ready together run in worker processes (python -m seqkd.pipeline.worker,
+    logs in OUT/logs) and write the same files as a sequential run."""
+    path = tmp_path / "r.yaml"
+    path.write_text("""
+stages:
+  a: {job: synthetic-data, train_size: 30, corpus_size: 5, val_size: 3, test_size: 3, seed: 1}
+  b: {job: synthetic-data, train_size: 30, corpus_size: 5, val_size: 3, test_size: 3, seed: 2}
+""")
+    assert main(["run", str(path), "--out", str(tmp_path / "par"), "--jobs", "2"]) == 0
+    assert main(["run", str(path), "--out", str(tmp_path / "seq")]) == 0
+    assert sorted(p.name for p in (tmp_path / "par" / "logs").glob("*.log")) == ["a.log", "b.log"]
+    assert not (tmp_path / "seq" / "logs").exists()
+    for stage in ("a", "b"):
+        files = sorted(p.name for p in (tmp_path / "seq" / stage).iterdir() if p.name != MARKER)
+        assert files and files == sorted(p.name for p in (tmp_path / "par" / stage).iterdir() if p.name != MARKER)
+        for f in files:
+            assert (tmp_path / "par" / stage / f).read_bytes() == (tmp_path / "seq" / stage / f).read_bytes()
+    assert (tmp_path / "par" / "a" / "train.src").read_bytes() != (tmp_path / "par" / "b" / "train.src").read_bytes()
+
+
 def test_a_closed_pipe_is_not_a_traceback(tmp_path, monkeypatch):
     """`seqkd run ... --dry-run | head -1`: the reader has left when seqkd writes; seqkd stops quietly (exit 141)."""
     import io
@@ -486,7 +628,8 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert md.count("\n| ") == 7 and "CTranslate2 int8" in md  # header + 6 rows
 
 
-SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-pruned-int8", "speculate-pruned",
+SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-drafts", "speculate-drafts-t1",
+                    "speculate-pruned-int8", "speculate-pruned",
                     "speculate-int8", "speculate-compiled", "speculate-hf", "speculate-batched", "speculate-vllm")
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
@@ -523,9 +666,13 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert [r["batch_size"] for r in spec["speculate-batched"]] == [2, 4]
     assert all(r["draft_quantize"] == "int8" for r in spec["speculate-pruned-int8"] + spec["speculate-int8"])
     assert spec["speculate-pruned"][0]["draft_quantize"] == "none"  # each factor alone, beside both together
-    assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"])
-    assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
     md = (out / "report.md").read_text()
+    assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"] + spec["speculate-drafts-t1"])
+    # alignment's effect: each aligned draft beside the draft before alignment, on one baseline
+    for name, aligned in (("speculate-drafts", "draft"), ("speculate-drafts-t1", "draft-t1")):
+        assert [r["label"] for r in spec[name]] == ["student", aligned]
+        assert f"Compared on one target-only baseline ({name}, gamma 3, " in md and f"speedup {aligned} / student" in md
+    assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
     assert "HF assisted generation" in md and "| first:4 |" in md and "| int8 |" in md
     # gamma is chosen on the validation prompts, and the headline is the test stage at that gamma
     g = max(spec["speculate-val"], key=lambda r: r["speedup"])["gamma"]

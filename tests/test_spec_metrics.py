@@ -183,13 +183,36 @@ def test_compare_hf_puts_every_engine_on_one_baseline_over_passes(tiny_lm_model,
     assert "speedup over HF generate" in out and "hf_assisted" in out and "(baseline)" in out
 
 
-@pytest.mark.parametrize("engine,batch_size", [("seqkd", 1), ("seqkd", 2), ("hf", 1)])
-def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, engine, batch_size):
-    """speculate_gammas: each gamma's counts equal a run of that gamma alone (same seeds, same tokens); the target-only
-    rates are measured once a pass and are every gamma's denominator; each report goes to its own file."""
+COUNTS = ("drafted", "accepted", "target_calls", "generated", "acceptance_rate", "block_efficiency")
+
+
+def _check_one_baseline(cfgs, reports, engine: str) -> None:
+    """Each report's counts equal a run of its config alone (same seeds, same tokens), and every speedup divides by
+    the same target-only rates of each pass."""
     import dataclasses
 
-    from seqkd.speculative.runners import speculate, speculate_gammas
+    from seqkd.speculative.runners import speculate
+
+    baseline, speculative = ("hf_generate", "hf_assisted") if engine == "hf" else ("seqkd_target_only",
+                                                                                   "seqkd_speculative")
+    base = reports[0]["tokens_per_s"][baseline]["per_pass"]
+    for c, r in zip(cfgs, reports):
+        alone = speculate(dataclasses.replace(c, out=None), progress=False)
+        assert (r["gamma"], r["draft"]) == (c.gamma, c.draft)
+        assert {k: r[k] for k in COUNTS} == {k: alone[k] for k in COUNTS}
+        assert r["tokens_per_s"][baseline]["per_pass"] == base
+        assert r["target_only_shared_with"] == [{"draft": x.draft, "gamma": x.gamma} for x in cfgs]
+        spec = r["tokens_per_s"][speculative]["per_pass"]
+        assert r["speedup_spread"]["per_pass"] == pytest.approx([s / b for s, b in zip(spec, base)])
+
+
+@pytest.mark.parametrize("engine,batch_size", [("seqkd", 1), ("seqkd", 2), ("hf", 1)])
+def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, engine, batch_size):
+    """speculate_sweep over gamma: each gamma's counts equal a run of that gamma alone (same seeds, same tokens); the
+    target-only rates are measured once a pass and are every gamma's denominator; each report goes to its own file."""
+    import dataclasses
+
+    from seqkd.speculative.runners import speculate, speculate_sweep
 
     prompts = tmp_path / "p.txt"
     prompts.write_text("lesko sush jun\npelo kiva\nmura sush\nkiva jun\n")
@@ -197,27 +220,54 @@ def test_a_gamma_sweep_shares_one_target_only_baseline(tiny_lm_model, tmp_path, 
                           max_new_tokens=10, passes=2, batch_size=batch_size, engine=engine)
     cfgs = [dataclasses.replace(cfg, gamma=g, out=str(tmp_path / f"g{g}.json")) for g in (2, 5)]
     cfgs.append(dataclasses.replace(cfg, gamma=2, out=str(tmp_path / "g2-again.json")))  # a repeat is its own run
-    both = speculate_gammas(cfgs, progress=False)
-    counts = ("drafted", "accepted", "target_calls", "generated", "acceptance_rate", "block_efficiency")
-    baseline, speculative = ("hf_generate", "hf_assisted") if engine == "hf" else ("seqkd_target_only",
-                                                                                   "seqkd_speculative")
-    base = both[0]["tokens_per_s"][baseline]["per_pass"]
-    for c, r in zip(cfgs, both):
-        alone = speculate(dataclasses.replace(c, out=None), progress=False)
-        assert r["gamma"] == c.gamma and {k: r[k] for k in counts} == {k: alone[k] for k in counts}
-        assert r["tokens_per_s"][baseline]["per_pass"] == base
-        assert r["target_only_shared_with_gammas"] == [2, 5, 2]
-        spec = r["tokens_per_s"][speculative]["per_pass"]
-        assert r["speedup_spread"]["per_pass"] == pytest.approx([s / b for s, b in zip(spec, base)])
-        assert json.loads(open(c.out).read())["gamma"] == c.gamma
+    both = speculate_sweep(cfgs, progress=False)
+    _check_one_baseline(cfgs, both, engine)
+    assert [json.loads(open(c.out).read())["gamma"] for c in cfgs] == [2, 5, 2]  # each report in its own file
     assert both[0]["drafted"] != both[1]["drafted"]  # the two gammas really ran
-    assert {k: both[2][k] for k in counts} == {k: both[0][k] for k in counts}
-    assert "target_only_shared_with_gammas" not in speculate(cfg, progress=False)
+    assert {k: both[2][k] for k in COUNTS} == {k: both[0][k] for k in COUNTS}
+    assert "target_only_shared_with" not in speculate(cfg, progress=False)
     with pytest.raises(SeqkdError, match="no configs"):
-        speculate_gammas([], progress=False)
-    with pytest.raises(SeqkdError, match="only in gamma and out"):
-        speculate_gammas([cfg, dataclasses.replace(cfg, gamma=3, max_new_tokens=4)], progress=False)
+        speculate_sweep([], progress=False)
+    with pytest.raises(SeqkdError, match="only in gamma, draft and out"):
+        speculate_sweep([cfg, dataclasses.replace(cfg, gamma=3, max_new_tokens=4)], progress=False)
     if engine == "seqkd" and batch_size == 1:
-        with pytest.raises(SeqkdError, match="--compare-hf measures one gamma"):
-            speculate_gammas([dataclasses.replace(cfg, compare_hf=True),
-                              dataclasses.replace(cfg, compare_hf=True, gamma=3)], progress=False)
+        with pytest.raises(SeqkdError, match="--compare-hf measures one gamma and one draft"):
+            speculate_sweep([dataclasses.replace(cfg, compare_hf=True),
+                             dataclasses.replace(cfg, compare_hf=True, gamma=3)], progress=False)
+
+
+@pytest.mark.parametrize("engine,batch_size", [("seqkd", 1), ("seqkd", 2), ("hf", 1)])
+def test_a_draft_sweep_compares_drafts_on_one_target_only_baseline(tiny_lm_model, tmp_path, engine, batch_size):
+    """speculate_sweep over drafts (an aligned draft against its unaligned start, say): each draft's counts equal a
+    run of that draft alone, every draft's speedup divides by the same target-only rates, each draft loads once
+    (paths) or is passed as one model per config (held), and the target as its own draft accepts every token."""
+    import dataclasses
+
+    from seqkd.models import build_model, load_model
+    from seqkd.models.tokenizer import load_tokenizers, save_tokenizers
+    from seqkd.speculative.runners import speculate_sweep
+
+    fresh = tmp_path / "fresh"  # an untrained draft with the target's tokenizer: a poor one
+    build_model("llama-tiny-student", vocab_size=load_model(tiny_lm_model).config.vocab_size, seed=7).save_pretrained(
+        fresh)
+    save_tokenizers(*load_tokenizers(tiny_lm_model), fresh)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("lesko sush jun\npelo kiva\nmura sush\nkiva jun\n")
+    cfg = SpeculateConfig(target=str(tiny_lm_model), draft=str(fresh), input=str(prompts), temperature=0.0,
+                          max_new_tokens=10, passes=2, gamma=3, batch_size=batch_size, engine=engine)
+    cfgs = [cfg, dataclasses.replace(cfg, draft=str(tiny_lm_model))]
+    reports = speculate_sweep(cfgs, progress=False)
+    _check_one_baseline(cfgs, reports, engine)
+    # greedy, the target as its own draft: every drafted token accepted (HF's count from forward calls also charges
+    # the draft calls of a block cut at max_new_tokens)
+    assert reports[1]["acceptance_rate"] > reports[0]["acceptance_rate"]
+    assert reports[1]["acceptance_rate"] == 1.0 if engine == "seqkd" else reports[1]["acceptance_rate"] > 0.9
+    assert reports[0]["params"]["draft"] < reports[1]["params"]["draft"] == reports[1]["params"]["target"]
+    # the models held by the caller: one draft per config, the same counts
+    target, small = load_model(tiny_lm_model), load_model(fresh)
+    held = speculate_sweep(cfgs, progress=False, target=target, draft=[small, load_model(tiny_lm_model)],
+                           tokenizers=load_tokenizers(tiny_lm_model), prompts=prompts.read_text().split("\n"))
+    assert [{k: r[k] for k in COUNTS} for r in held] == [{k: r[k] for k in COUNTS} for r in reports]
+    with pytest.raises(SeqkdError, match="3 drafts for 2 configs"):
+        speculate_sweep(cfgs, progress=False, target=target, draft=[small, target, small],
+                        tokenizers=load_tokenizers(tiny_lm_model), prompts=["pelo kiva"])

@@ -172,13 +172,14 @@ def _speculate(cfg) -> dict:
     return speculate(cfg, progress=False)
 
 
-def _speculate_gammas(cfgs: list) -> list[dict]:
-    """A gamma sweep in one call: one target-only baseline for every gamma (seqkd's decoder), models loaded once."""
-    from seqkd.speculative.runners import speculate_gammas
+def _speculate_sweep(cfgs: list) -> list[dict]:
+    """A sweep over gamma or over drafts in one call: one target-only baseline for every value (seqkd's decoder and
+    HF assisted generation), models loaded once."""
+    from seqkd.speculative.runners import speculate_sweep
 
-    if cfgs[0].engine == "vllm" or cfgs[0].compare_hf:  # (HF assisted generation is compared at one gamma a call)
+    if cfgs[0].engine == "vllm" or cfgs[0].compare_hf:  # (HF assisted generation is compared at one config a call)
         return [_speculate(c) for c in cfgs]
-    return speculate_gammas(cfgs, progress=False)
+    return speculate_sweep(cfgs, progress=False)
 
 
 def _evaluate(cfg) -> dict:
@@ -195,7 +196,8 @@ RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 # (job, swept field) -> a runner that takes the sweep's configs in one call (the default runs the job once a value)
 SWEEP_RUNNERS: dict[tuple[str, str], Callable[[list], list[dict[str, Any]]]] = {
-    ("speculate", "gamma"): _speculate_gammas,
+    ("speculate", "gamma"): _speculate_sweep,
+    ("speculate", "draft"): _speculate_sweep,
 }
 # runner-set fields (seqkd.pipeline.recipe.RUNNER_FIELDS) for a stage whose directory holds a killed run's files:
 # training resumes from its checkpoint (or starts over before the first one); a corpus resumes by itself (chunks);

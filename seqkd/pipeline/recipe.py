@@ -15,6 +15,9 @@ A recipe file::
       speculate:
         job: speculate
         sweep: {gamma: [2, 4, 6]}  # the job once per value; its results are a list
+      compare:
+        job: speculate
+        sweep: {draft: ["${student}", "${draft}"]}  # values may be references (one baseline for both drafts)
       student:
         job: distill
         launch: {processes: 2}   # DDP: torchrun starts 2 processes (GPUs, or CPU processes with gloo)
@@ -74,9 +77,9 @@ class Stage:
     processes: int = 1  # launch: {processes: N}: a training job in N processes (DDP, torchrun)
 
     def refs(self) -> list[str]:
-        """Names of the stages this one reads, in order of first use."""
+        """Names of the stages this one reads (its settings and its sweep's values), in order of first use."""
         found: list[str] = []
-        for s in strings(self.settings):
+        for s in [*strings(self.settings), *strings(self.sweep[1] if self.sweep else [])]:
             found += [m.group(1) for m in REF.finditer(s) if m.group(1) not in found]
         return found
 
@@ -117,6 +120,18 @@ def substitute(value: Any, outputs: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: substitute(v, outputs) for k, v in value.items()}
     return value
+
+
+def sweep_values(stage: Stage, outputs: dict[str, str]) -> list[Any]:
+    """The stage's sweep values with their references substituted (``[None]``: no sweep, the job runs once)."""
+    return substitute(list(stage.sweep[1]), outputs) if stage.sweep else [None]
+
+
+def sweep_label(value: Any) -> str:
+    """A sweep value as it names the value's directory and report row: ``2`` -> ``2``, ``${student}`` -> ``student``
+    (a reference by its stage's name, never by a path)."""
+    s = str(value)
+    return REF.sub(lambda m: m.group(1), s).replace("/", "_")
 
 
 def recipe_path(recipe: str) -> Path | None:
@@ -250,6 +265,6 @@ def validate(recipe: Recipe) -> None:
                                  + ("which comes later: order the stages so that it runs first" if later
                                     else "which is no stage of the recipe"))
         placeholders = {n: f"/nonexistent/{n}" for n in seen}
-        for value in (s.sweep[1] if s.sweep else [None]):
+        for value in sweep_values(s, placeholders):
             configs(s, substitute(s.settings, placeholders), f"/nonexistent/{s.name}", value)
         seen.append(s.name)

@@ -175,11 +175,12 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
                                  "speedup"], rows))
     rows, hf_rows = [], []
     for name, m in specs.items():
-        results = _as_list(m["result"])
+        results = _labelled(m)
         data["speculate"][name] = results
         for r in results:
             spread = r.get("speedup_spread") or {}
-            rows.append([name, r.get("engine", "seqkd") + (" compiled" if r.get("compile") else ""),
+            rows.append([name + (f" ({r['label']})" if "label" in r else ""),
+                         r.get("engine", "seqkd") + (" compiled" if r.get("compile") else ""),
                          str(r.get("batch_size", 1)),
                          "int8" if r.get("draft_quantize", "none") != "none" else "fp32", str(r["gamma"]),
                          _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"), _fmt(r["block_efficiency"]),
@@ -225,9 +226,11 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
             if len(set(g)) > 1:  # a sweep over gamma (a sweep over the batch size is in the table only)
                 axes[0].plot(g, [r["acceptance_rate"] for r in results], "o-", label=name)
                 axes[1].plot(g, [r["speedup"] for r in results], "o-", label=name)
-            longest = max(results, key=lambda r: r["gamma"])
-            pos = longest.get("per_position_acceptance") or []
-            axes[2].plot(range(1, len(pos) + 1), pos, "o-", label=f"{name} (gamma {longest['gamma']})")
+            # each swept draft's curve, else the largest gamma's
+            for r in [r for r in results if "label" in r] or [max(results, key=lambda r: r["gamma"])]:
+                pos = r.get("per_position_acceptance") or []
+                axes[2].plot(range(1, len(pos) + 1), pos, "o-",
+                             label=f"{name} ({r['label'] + ', ' if 'label' in r else ''}gamma {r['gamma']})")
         for ax, title, ylabel in ((axes[0], "acceptance vs gamma", "acceptance rate"),
                                   (axes[1], "speedup vs gamma", "speedup (x)"),
                                   (axes[2], "per-position acceptance", "accepted share")):
@@ -240,6 +243,40 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         blocks.append(("img", "speculative", _png(fig), "acceptance and speedup against gamma; acceptance per "
                                                        "drafted position at the largest gamma"))
     return blocks, data
+
+
+# the fields the speculative table shows in columns of their own: a sweep over any other field labels its rows
+_SPEC_COLUMNS = frozenset({"gamma", "batch_size", "draft_quantize", "temperature", "engine", "compile"})
+
+
+def _labelled(marker: dict) -> list[dict]:
+    """A speculate stage's results, each with ``label`` (the swept value: a draft by its stage's name) where the
+    sweep's field has no column of its own."""
+    from seqkd.pipeline.recipe import sweep_label
+
+    results = _as_list(marker["result"])
+    sweep = marker.get("sweep") or {}
+    if not sweep or sweep["field"] in _SPEC_COLUMNS:
+        return results
+    tag = "" if sweep["field"] == "draft" else f"{sweep['field']}="
+    return [dict(r, label=tag + sweep_label(v)) for r, v in zip(results, sweep["values"])]
+
+
+def _drafts_compared(spec: dict[str, list[dict]]) -> list[str]:
+    """One line per stage that sweeps drafts on one target-only baseline: each draft's speedup, and each over the
+    first's (e.g. aligned over unaligned)."""
+    lines = []
+    for name, rs in spec.items():
+        if len(rs) < 2 or not all("label" in r for r in rs):
+            continue
+        each = ", ".join(f"{r['label']} {r['speedup']:.2f}x" + (f" ({sp['min']:.2f}-{sp['max']:.2f})"
+                                                                if "min" in (sp := r.get("speedup_spread") or {})
+                                                                else "") for r in rs)
+        over = ", ".join(f"{r['label']} / {rs[0]['label']} = {r['speedup'] / rs[0]['speedup']:.2f}"
+                         for r in rs[1:] if rs[0]["speedup"])
+        lines.append(f"Compared on one target-only baseline ({name}, gamma {rs[0]['gamma']}, T "
+                     f"{rs[0]['temperature']:g}): {each}" + (f"; speedup {over}" if over else "") + ".")
+    return lines
 
 
 def _relative(x: Any, out: Path) -> Any:
@@ -274,6 +311,7 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[Block]:
                                                           for r in sorted(greedy, key=lambda r: -r["bleu"])) + ".")
     spec = sections.get("drafts", {}).get("speculate", {})
     lines += _gamma_chosen_on_val(spec)
+    lines += _drafts_compared(spec)
     held_out = {n: rs for n, rs in spec.items() if not n.endswith(VAL_SUFFIX)}
     if held_out:
         best = max(((n, r) for n, rs in held_out.items() for r in rs), key=lambda t: t[1]["speedup"])

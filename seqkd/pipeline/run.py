@@ -22,6 +22,7 @@ corpus from its finished chunks (both exact); other jobs start the stage over.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -34,7 +35,17 @@ from typing import Any, Callable
 
 from seqkd.errors import SeqkdError
 from seqkd.io import atomic_write_json, latest_checkpoint
-from seqkd.pipeline.recipe import JOBS, RUNNER_FIELDS, Recipe, Stage, configs, strings, substitute
+from seqkd.pipeline.recipe import (
+    JOBS,
+    RUNNER_FIELDS,
+    Recipe,
+    Stage,
+    configs,
+    strings,
+    substitute,
+    sweep_label,
+    sweep_values,
+)
 
 MARKER = "stage.json"
 RUN_FILE = "run.json"
@@ -73,11 +84,13 @@ def _fingerprint(path: str) -> Any:
                   for f in p.rglob("*") if f.is_file())
 
 
-def stage_key(stage: Stage, key_settings: dict[str, Any]) -> str:
-    """The hash of what the stage computes from (see the module's docstring)."""
+def stage_key(stage: Stage, key_settings: dict[str, Any], swept: list[Any] | None = None) -> str:
+    """The hash of what the stage computes from (see the module's docstring); ``swept``: the sweep's values with
+    their references as ``key_settings`` has them (default: as the recipe writes them)."""
     files = {s: _fingerprint(s) for s in strings(key_settings)
              if not s.startswith("<") and len(s) < 4096 and os.path.exists(s)}
-    payload = {"job": stage.job, "settings": key_settings, "sweep": stage.sweep, "files": files}
+    sweep = [stage.sweep[0], list(stage.sweep[1]) if swept is None else swept] if stage.sweep else None
+    payload = {"job": stage.job, "settings": key_settings, "sweep": sweep, "files": files}
     if stage.processes > 1:  # N processes train on N x the batch: another run
         payload["processes"] = stage.processes
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -105,7 +118,7 @@ def _changes(old: dict, new: dict) -> list[str]:
     return out
 
 
-def _full_settings(s: Stage, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _full_settings(s: Stage, settings: dict[str, Any], first: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(every field of the stage's configs, defaults included; the fields that differ from their defaults), less
     the fields the runner sets and the swept one. The second is what the key hashes: a spelling the recipe uses or
     a field a later seqkd adds with its default does not change it; the first is what --dry-run compares."""
@@ -116,7 +129,7 @@ def _full_settings(s: Stage, settings: dict[str, Any]) -> tuple[dict[str, Any], 
     full: dict[str, Any] = {}
     changed: dict[str, Any] = {}
     drop = RUNNER_FIELDS | ({s.sweep[0]} if s.sweep else set())
-    for c in configs(s, settings, "<out>"):
+    for c in configs(s, settings, "<out>", first):  # (first: the sweep's first value, its references substituted)
         defaults = {f.name: f.default if f.default is not dataclasses.MISSING else
                     f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
                     for f in dataclasses.fields(c)}
@@ -140,8 +153,10 @@ def plan(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only
     steps: list[Step] = []
     forced = False
     for s in recipe.stages:
-        full, key_settings = _full_settings(s, substitute(s.settings, {n: f"<{n}:{k}>" for n, k in keys.items()}))
-        key = keys[s.name] = stage_key(s, key_settings)
+        subs = {n: f"<{n}:{k}>" for n, k in keys.items()}
+        swept = sweep_values(s, subs)  # a swept ${stage} counts as a read: its key is in this one's
+        full, key_settings = _full_settings(s, substitute(s.settings, subs), swept[0])
+        key = keys[s.name] = stage_key(s, key_settings, swept if s.sweep else None)
         d = out / "stages" / f"{s.name}-{key[:10]}"
         forced = forced or s.name == from_stage
         upstream = [st for st in steps if st.stage.name in s.refs()]
@@ -188,10 +203,6 @@ def format_plan(steps: list[Step], out: str | Path) -> str:
     return "\n".join(lines)
 
 
-def _sweep_values(stage: Stage) -> list[Any]:
-    return list(stage.sweep[1]) if stage.sweep else [None]
-
-
 def run_stage(step: Step, outputs: dict[str, str], *, progress: bool, command: list[str] | None = None,
               runners: dict[str, Callable] | None = None) -> dict:
     """Run one stage in its directory (resuming what the job can) and mark it finished; returns its marker."""
@@ -199,15 +210,16 @@ def run_stage(step: Step, outputs: dict[str, str], *, progress: bool, command: l
     from seqkd.pipeline.jobs import RUNNERS, SWEEP_RUNNERS, runner_fields
 
     s, d = step.stage, step.dir
-    # a sweep some job measures in one call (speculate over gamma: one common baseline); not with a caller's runners
+    # a sweep some job measures in one call (speculate over gamma or drafts: one common baseline); not with a caller's
+    # runners
     together = SWEEP_RUNNERS.get((s.job, s.sweep[0])) if s.sweep and runners is None else None
     runners = runners or RUNNERS
     d.mkdir(parents=True, exist_ok=True)
     settings = substitute(s.settings, outputs)
     started, t0 = time.time(), time.perf_counter()
     results, swept = [], []
-    for value in _sweep_values(s):
-        where = d / f"{s.sweep[0]}={value}" if s.sweep else d
+    for raw, value in zip(s.sweep[1] if s.sweep else [None], sweep_values(s, outputs)):
+        where = d / f"{s.sweep[0]}={sweep_label(raw)}" if s.sweep else d
         where.mkdir(parents=True, exist_ok=True)
         has_ckpt = latest_checkpoint(where) is not None
         cfgs = configs(s, settings, str(where), value, runner_fields(s.job, has_ckpt, progress))
@@ -254,9 +266,10 @@ def _record(out: Path, recipe: Recipe, steps: list[Step], argv: list[str] | None
 
 def run_recipe(recipe: Recipe, out: str | Path, *, from_stage: str | None = None, only: str | None = None,
                dry_run: bool = False, progress: bool = True, argv: list[str] | None = None,
-               runners: dict[str, Callable] | None = None, report: bool = True) -> dict[str, Any]:
-    """Plan, print the plan, run the stages that need it (in order), write the report. Returns ``{"steps": [...],
-    "markers": {name: stage.json}}`` (markers of every finished stage)."""
+               runners: dict[str, Callable] | None = None, report: bool = True, jobs: int = 1) -> dict[str, Any]:
+    """Plan, print the plan, run the stages that need it (in order; ``jobs`` > 1: stages whose inputs are finished
+    side by side, see :func:`_run_parallel`), write the report. Returns ``{"steps": [...], "markers": {name:
+    stage.json}}`` (markers of every finished stage)."""
     out = Path(out)
     steps = plan(recipe, out, from_stage=from_stage, only=only)
     print(format_plan(steps, out), flush=True)
@@ -264,7 +277,10 @@ def run_recipe(recipe: Recipe, out: str | Path, *, from_stage: str | None = None
         return {"steps": steps, "markers": {}}
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
-        return _run_steps(recipe, out, steps, progress=progress, argv=argv, runners=runners, report=report)
+        if jobs > 1 and runners is not None:
+            raise SeqkdError("jobs > 1 runs stages in worker processes, which use seqkd's own runners")
+        return _run_steps(recipe, out, steps, progress=progress, argv=argv, runners=runners, report=report,
+                          jobs=jobs)
 
 
 @contextlib.contextmanager
@@ -283,35 +299,155 @@ def _locked(out: Path):
 
 
 def _run_steps(recipe: Recipe, out: Path, steps: list[Step], *, progress: bool, argv: list[str] | None,
-               runners: dict[str, Callable] | None, report: bool) -> dict[str, Any]:
+               runners: dict[str, Callable] | None, report: bool, jobs: int = 1) -> dict[str, Any]:
     outputs: dict[str, str] = {}
     for st in steps:
         outputs[st.stage.name] = st.output(outputs)
     markers: dict[str, dict] = {}
-    for i, st in enumerate(steps, 1):
-        if st.action == "skip":
-            continue
+    todo: list[Step] = []
+    for st in steps:
         if st.action == "cached":
             markers[st.stage.name] = json.loads((st.dir / MARKER).read_text(encoding="utf-8"))
             _link(out, st.stage.name, st.dir)
-            continue
-        if st.reason.startswith("--from") and st.dir.exists():
-            shutil.rmtree(st.dir)  # rerun from scratch, as asked
-        print(f"[{i}/{len(steps)}] {st.stage.name} ({st.stage.job}): {st.reason}", flush=True)
-        markers[st.stage.name] = run_stage(st, outputs, progress=progress, command=argv, runners=runners)
-        print(f"      done in {markers[st.stage.name]['seconds']:.0f}s -> {out / st.stage.name}", flush=True)
-        _link(out, st.stage.name, st.dir)
-        _record(out, recipe, steps, argv)
+        elif st.action == "run":
+            if st.reason.startswith("--from") and st.dir.exists():
+                shutil.rmtree(st.dir)  # rerun from scratch, as asked
+            todo.append(st)
+    here = functools.partial(_run_here, out=out, steps=steps, outputs=outputs, markers=markers, recipe=recipe,
+                             progress=progress, argv=argv, runners=runners)
+    if jobs > 1 and len(todo) > 1:
+        _run_parallel(todo, here, out=out, steps=steps, outputs=outputs, markers=markers, recipe=recipe, jobs=jobs,
+                      argv=argv)
+    else:
+        for st in todo:
+            here(st)
     _record(out, recipe, steps, argv)
     for st in steps:  # --only: the report still shows every finished stage
         if st.stage.name not in markers and is_finished(st.dir, st.key):
             markers[st.stage.name] = json.loads((st.dir / MARKER).read_text(encoding="utf-8"))
+    markers = {st.stage.name: markers[st.stage.name] for st in steps if st.stage.name in markers}  # recipe order
     if report:
         from seqkd.pipeline.report import write_report
 
         paths = write_report(out, recipe, steps, markers, argv=argv)
         print(f"report: {paths['md']} ({paths['html'].name}, {paths['json'].name})", flush=True)
     return {"steps": steps, "markers": markers}
+
+
+def _announce(st: Step, steps: list[Step], how: str = "") -> None:
+    print(f"[{steps.index(st) + 1}/{len(steps)}] {st.stage.name} ({st.stage.job}): {st.reason}{how}", flush=True)
+
+
+def _finished(st: Step, marker: dict, *, out: Path, steps: list[Step], markers: dict, recipe: Recipe,
+              argv: list[str] | None) -> None:
+    markers[st.stage.name] = marker
+    print(f"      {st.stage.name} done in {marker['seconds']:.0f}s -> {out / st.stage.name}", flush=True)
+    _link(out, st.stage.name, st.dir)
+    _record(out, recipe, steps, argv)
+
+
+def _run_here(st: Step, *, out: Path, steps: list[Step], outputs: dict[str, str], markers: dict, recipe: Recipe,
+              progress: bool, argv: list[str] | None, runners: dict[str, Callable] | None) -> None:
+    """One stage in this process (every core it has)."""
+    _announce(st, steps)
+    marker = run_stage(st, outputs, progress=progress, command=argv, runners=runners)
+    _finished(st, marker, out=out, steps=steps, markers=markers, recipe=recipe, argv=argv)
+
+
+# jobs that may run beside another stage under --jobs N: training and file work. The others time decoding
+# (speculate, evaluate, align's acceptance, draft-init's layer choice) or take every core themselves (generate:
+# vLLM binds its threads to the cores), so they run alone, in this process.
+SHAREABLE_JOBS = frozenset({"train", "distill", "select", "tokenizer", "dataset", "synthetic-data", "model",
+                            "convert-gguf", "draft-vocab", "export"})
+
+
+def _shareable(st: Step) -> bool:
+    return st.stage.job in SHAREABLE_JOBS and st.stage.processes == 1  # (torchrun stages share out the cores)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not Linux)
+        return os.cpu_count() or 1
+
+
+def _run_parallel(todo: list[Step], here: Callable[[Step], None], *, out: Path, steps: list[Step],
+                  outputs: dict[str, str], markers: dict, recipe: Recipe, jobs: int, argv: list[str] | None) -> None:
+    """``--jobs N``: stages whose inputs are finished run N at a time, each in a worker process with 1/N of the cores
+    (``python -m seqkd.pipeline.worker``; its output in ``OUT/logs/STAGE.log``), as make -j does; a stage that must
+    run alone (not :data:`SHAREABLE_JOBS`) waits until the workers are done and runs here, and so does a stage that
+    is the only one ready (nothing else can start before it ends: it gets every core). Markers, links and run.json
+    are written here, as each stage finishes. A failed stage stops new starts; the running ones finish (their work
+    is kept), then the run fails with the stage's log."""
+    threads = max(1, _cores() // jobs)
+    running: dict[str, tuple[Step, Any, Path]] = {}
+    failed: list[str] = []
+    while (todo and not failed) or running:
+        waiting = {st.stage.name for st in todo} | set(running)
+        ready = [st for st in todo if not set(st.stage.refs()) & waiting]
+        if not failed and not running and ready and (not _shareable(ready[0]) or len(ready) == 1):
+            todo.remove(ready[0])
+            here(ready[0])
+            continue
+        for st in ready:
+            if failed or len(running) >= jobs or not _shareable(st):
+                break  # (a stage that must run alone is not passed by later ones: it starts when the workers end)
+            todo.remove(st)
+            log = out / "logs" / f"{st.stage.name}.log"
+            _announce(st, steps, f" (worker, {threads} thread{'s' if threads > 1 else ''}; log: "
+                                 f"{log.relative_to(out)})")
+            running[st.stage.name] = (st, _spawn(st, outputs, threads, argv, log), log)
+        name, rc = _wait_any({n: h for n, (_, h, _) in running.items()})
+        st, _, log = running.pop(name)
+        if rc == 0 and is_finished(st.dir, st.key):
+            _finished(st, json.loads((st.dir / MARKER).read_text(encoding="utf-8")), out=out, steps=steps,
+                      markers=markers, recipe=recipe, argv=argv)
+            continue
+        failed.append(name)
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:] if log.exists() else []
+        print("\n".join(["", f"stage {name} failed (exit status {rc}); the end of {log}:", *tail]), file=sys.stderr,
+              flush=True)
+        if running:
+            print(f"waiting for {', '.join(running)} to finish (their work is kept)", file=sys.stderr, flush=True)
+    if failed:
+        raise SeqkdError(f"stage {failed[0]} failed: its log is {out / 'logs' / (failed[0] + '.log')}")
+
+
+def _spawn(st: Step, outputs: dict[str, str], threads: int, argv: list[str] | None, log: Path):
+    """Start a worker process for one stage (``threads`` OMP/MKL threads); returns its ``subprocess.Popen``."""
+    import pickle
+    import subprocess
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    spec = log.with_suffix(".step")  # what the worker runs: the step and the outputs of the stages it may read
+    spec.write_bytes(pickle.dumps({"step": st, "outputs": outputs, "command": argv}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(log, "w", encoding="utf-8") as f:
+        return subprocess.Popen([sys.executable, "-m", "seqkd.pipeline.worker", str(spec)], stdout=f,
+                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """(In the worker, before it starts.) Linux: the worker gets SIGTERM when the seqkd run that started it dies, so
+    a killed run leaves no stage running behind its back (a rerun resumes it, as after any kill)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _wait_any(handles: dict[str, Any]) -> tuple[str, int]:
+    """(name, exit status) of the first of ``handles`` (``Popen``-like: ``poll()``) to finish."""
+    while True:
+        for name, h in handles.items():
+            rc = h.poll()
+            if rc is not None:
+                return name, rc
+        time.sleep(0.2)
 
 
 def default_out(recipe: Recipe) -> str:
@@ -325,7 +461,7 @@ def main_run(cfg, argv: list[str]) -> None:
     recipe = load_recipe(cfg.recipe, cfg.overrides)
     out = cfg.out or default_out(recipe)
     run_recipe(recipe, out, from_stage=cfg.from_stage, only=cfg.only, dry_run=cfg.dry_run,
-               progress=sys.stderr.isatty(), argv=["seqkd", *argv])
+               progress=sys.stderr.isatty(), argv=["seqkd", *argv], jobs=cfg.jobs)
 
 
 __all__ = ["MARKER", "Step", "format_plan", "main_run", "plan", "run_recipe", "run_stage", "stage_key"]

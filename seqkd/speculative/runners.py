@@ -74,85 +74,104 @@ def speculate(cfg: SpeculateConfig, progress: bool = True, *, target=None, draft
     A caller that already holds them passes the loaded ``target`` / ``draft`` models, their ``tokenizers`` ``(source,
     target)`` and the ``prompts`` (texts): then nothing is loaded or read, and ``cfg.target`` / ``cfg.draft`` /
     ``cfg.input`` only name them in the report (the seqkd and hf engines; vLLM loads its own models from paths)."""
-    return speculate_gammas([cfg], progress, target=target, draft=draft, tokenizers=tokenizers, prompts=prompts)[0]
+    return speculate_sweep([cfg], progress, target=target, draft=draft, tokenizers=tokenizers, prompts=prompts)[0]
 
 
-def speculate_gammas(cfgs: list[SpeculateConfig], progress: bool = True, *, target=None, draft=None,
-                     tokenizers=None, prompts: list[str] | None = None) -> list[dict[str, Any]]:
-    """:func:`speculate` at several gammas against one target-only baseline: ``cfgs`` differ only in ``gamma`` (and
-    ``out``); the models load (and compile) once, and each pass decodes every prompt target-only once and
-    speculatively at each gamma, interleaved, so every gamma's speedup divides by the same target-only rates (seqkd's
-    decoder and HF assisted generation; vLLM builds an engine per gamma and runs one after another). One report per
-    config, in order."""
+def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, target=None, draft=None,
+                    tokenizers=None, prompts: list[str] | None = None) -> list[dict[str, Any]]:
+    """:func:`speculate` for several gammas and/or drafts against one target-only baseline: ``cfgs`` differ only in
+    ``gamma``, ``draft`` (and ``out``). The models load (and compile) once, and each pass decodes every prompt
+    target-only once and then with each config, interleaved, so every speedup divides by the same target-only rates
+    (seqkd's decoder and HF assisted generation; vLLM builds an engine per config and runs one after another): an
+    aligned and an unaligned draft, or several gammas, are compared on one baseline. A caller that holds the models
+    passes ``draft`` as one model (for every config) or a list of one per config. One report per config, in order."""
     from seqkd.models import count_parameters
     from seqkd.models.draft_vocab import is_pruned_draft
     from seqkd.teacher.engines import TextCodec
 
     if not cfgs:
-        raise SeqkdError("speculate_gammas(): no configs")
+        raise SeqkdError("speculate_sweep(): no configs")
     cfg = cfgs[0]
-    others = [dataclasses.replace(c, gamma=cfg.gamma, out=cfg.out) for c in cfgs[1:]]
+    others = [dataclasses.replace(c, gamma=cfg.gamma, draft=cfg.draft, out=cfg.out) for c in cfgs[1:]]
     if any(o != cfg for o in others):
-        raise SeqkdError("speculate_gammas(): the configs may differ only in gamma and out")
-    gammas = [c.gamma for c in cfgs]
-    if len(gammas) > 1 and cfg.compare_hf:
-        raise SeqkdError("--compare-hf measures one gamma: HF assisted generation would need a run per gamma")
+        raise SeqkdError("speculate_sweep(): the configs may differ only in gamma, draft and out")
+    if len(cfgs) > 1 and cfg.compare_hf:
+        raise SeqkdError("--compare-hf measures one gamma and one draft: HF assisted generation would need a run per "
+                         "config")
     holds = target is not None or draft is not None
     if holds and (target is None or draft is None or tokenizers is None):
         raise SeqkdError("speculate(): pass target, draft and tokenizers together")
     if holds and cfg.engine == "vllm":
         raise SeqkdError("the vllm engine loads its models from directories: pass paths, not loaded models")
-    pruned = getattr(draft, "seqkd_vocab_map", None) is not None if holds else is_pruned_draft(cfg.draft)
-    if pruned and cfg.engine != "seqkd":
-        raise SeqkdError(f"the draft has a pruned output layer (a reduced vocabulary): only --engine seqkd decodes "
-                         f"with it; {'HF assisted generation' if cfg.engine == 'hf' else 'vLLM'} needs a draft that "
-                         "scores the whole vocabulary")
+    held = list(draft) if isinstance(draft, (list, tuple)) else [draft] * len(cfgs)
+    if holds and len(held) != len(cfgs):
+        raise SeqkdError(f"speculate_sweep(): {len(held)} drafts for {len(cfgs)} configs (pass one, or one per config)")
+    for c, d in zip(cfgs, held):
+        pruned = getattr(d, "seqkd_vocab_map", None) is not None if holds else is_pruned_draft(c.draft)
+        if pruned and cfg.engine != "seqkd":
+            raise SeqkdError(f"the draft {c.draft} has a pruned output layer (a reduced vocabulary): only --engine "
+                             f"seqkd decodes with it; {'HF assisted generation' if cfg.engine == 'hf' else 'vLLM'} "
+                             "needs a draft that scores the whole vocabulary")
     texts = _usable(list(prompts), cfg, "the prompt list is empty") if prompts is not None else read_prompts(cfg)
-    src_tok, tgt_tok = tokenizers if holds else check_pair(cfg.target, cfg.draft)
-    params = None
+    if holds:
+        src_tok, tgt_tok = tokenizers
+    else:
+        for path in dict.fromkeys(c.draft for c in cfgs):
+            src_tok, tgt_tok = check_pair(cfg.target, path)
+    params: list[dict[str, int]] | None = None
     if cfg.engine == "vllm":
         from seqkd.speculative.vllm_runner import vllm_speculate
 
         reports = [vllm_speculate(c, texts) for c in cfgs]
     else:
-        if not holds:
-            target, draft = _load(cfg.target, cfg), _load(cfg.draft, cfg)
+        if not holds:  # each draft loads once, whichever configs use it
+            target, loaded = _load(cfg.target, cfg), {}
+            for c in cfgs:
+                if c.draft not in loaded:
+                    loaded[c.draft] = _load(c.draft, cfg)
+            held = [loaded[c.draft] for c in cfgs]
         # frozen parameters count too: a target held by a training job has requires_grad off
-        params = {k: count_parameters(m, trainable_only=False) for k, m in (("target", target), ("draft", draft))}
+        params = [{"target": count_parameters(target, trainable_only=False),
+                   "draft": count_parameters(d, trainable_only=False)} for d in held]
+        used = {id(d): d for d in held}  # the distinct drafts (by object)
         if cfg.draft_quantize != "none":  # a copy: a caller's draft stays as it is
             from seqkd.models.quantize import maybe_quantize
 
-            draft = maybe_quantize(draft, cfg.draft_quantize)
+            used = {k: maybe_quantize(d, cfg.draft_quantize) for k, d in used.items()}
         if cfg.compile:  # wrappers: a caller's models stay as they are
             from seqkd.models.compiled import compile_for_decoding
 
-            target, draft = compile_for_decoding(target), compile_for_decoding(draft)
+            target, used = compile_for_decoding(target), {k: compile_for_decoding(d) for k, d in used.items()}
+        variants = [(used[id(d)], c.gamma) for d, c in zip(held, cfgs)]  # (the draft as decoded, gamma) per config
         family = "seq2seq" if target.config.is_encoder_decoder else "causal"
-        if bool(draft.config.is_encoder_decoder) != (family == "seq2seq"):
+        if any(bool(d.config.is_encoder_decoder) != (family == "seq2seq") for d in used.values()):
             raise SeqkdError("target and draft must be of the same family (both decoder-only or both encoder-decoder)")
         codec = TextCodec(family, src_tok, tgt_tok, prompt_format=cfg.prompt_format)
         prompt_ids = [torch.tensor([ids]) for ids in codec.encode(texts)]
-        was_training = (target.training, draft.training)
-        target.eval(), draft.eval()
+        was_training = [(m, m.training) for m in (target, *used.values())]
+        for m, _ in was_training:
+            m.eval()
         if cfg.engine == "hf":
-            reports = _run_hf(cfg, gammas, target, draft, prompt_ids, progress)
+            reports = _run_hf(cfg, variants, target, prompt_ids, progress)
         elif cfg.batch_size == 1:
-            reports = _run_seqkd(cfg, gammas, target, draft, prompt_ids, progress)
+            reports = _run_seqkd(cfg, variants, target, prompt_ids, progress)
         else:
-            reports = _run_seqkd_batched(cfg, gammas, target, draft, prompt_ids, progress)
-        target.train(was_training[0]), draft.train(was_training[1])
-        if params["draft"] > params["target"]:
-            log.warning("the draft (%d parameters) is larger than the target (%d): measured cost ratio c = %s",
-                        params["draft"], params["target"], reports[0].get("cost_ratio"))
-    for c, report in zip(cfgs, reports):
+            reports = _run_seqkd_batched(cfg, variants, target, prompt_ids, progress)
+        for m, mode in was_training:
+            m.train(mode)
+        for c, p, r in zip(cfgs, params, reports):
+            if p["draft"] > p["target"]:
+                log.warning("the draft %s (%d parameters) is larger than the target (%d): measured cost ratio c = %s",
+                            c.draft, p["draft"], p["target"], r.get("cost_ratio"))
+    for i, (c, report) in enumerate(zip(cfgs, reports)):
         if params is not None:
-            report["params"] = params
+            report["params"] = params[i]
         report.update(engine=c.engine, target=c.target, draft=c.draft, prompts=len(texts), gamma=c.gamma,
                       temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens,
                       adaptive_gamma=c.adaptive_gamma, lenience=c.lenience, batch_size=c.batch_size,
                       draft_quantize=c.draft_quantize, compile=c.compile)
-        if len(gammas) > 1 and c.engine != "vllm":  # its speedup divides by the same target-only rates
-            report["target_only_shared_with_gammas"] = gammas
+        if len(cfgs) > 1 and c.engine != "vllm":  # its speedup divides by the same target-only rates
+            report["target_only_shared_with"] = [{"draft": x.draft, "gamma": x.gamma} for x in cfgs]
         if c.out:
             atomic_write_json(c.out, report)
     return reports
@@ -164,24 +183,25 @@ def _bar(total: int, enabled: bool, desc: str):
     return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
 
 
-def _run_seqkd(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: list[torch.Tensor],
+def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, prompts: list[torch.Tensor],
                progress: bool) -> list[dict[str, Any]]:
-    """Target-only decoding of each prompt, then speculative decoding at each of ``gammas``, interleaved prompt by
-    prompt (machine noise hits all alike), over ``cfg.passes`` passes; one report per gamma, every speedup over the
-    same target-only rates. With ``cfg.compare_hf`` (one gamma) also HF generate and HF assisted generation on each
-    prompt, all four compared on absolute tokens/s against HF generate."""
+    """Target-only decoding of each prompt, then speculative decoding with each of ``variants`` ((draft, gamma)
+    pairs), interleaved prompt by prompt (machine noise hits all alike), over ``cfg.passes`` passes; one report per
+    variant, every speedup over the same target-only rates. With ``cfg.compare_hf`` (one variant) also HF generate and
+    HF assisted generation on each prompt, all four compared on absolute tokens/s against HF generate."""
     from seqkd.speculative import SpecStats, autoregressive_generate, speculative_generate
 
     kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
-    hf_kw = _hf_settings(cfg, draft) if cfg.compare_hf else None
-    spec_keys = [f"seqkd_speculative#{k}" for k in range(len(gammas))]  # by position: a gamma may repeat
+    hf_draft = variants[0][0]  # (--compare-hf: the one variant)
+    hf_kw = _hf_settings(cfg, hf_draft) if cfg.compare_hf else None
+    spec_keys = [f"seqkd_speculative#{k}" for k in range(len(variants))]  # by position: a variant may repeat
     for ids in prompts[: cfg.warmup]:
         autoregressive_generate(target, ids, **kw, seed=cfg.seed)
-        for g in gammas:
-            speculative_generate(target, draft, ids, gamma=g, **kw, seed=cfg.seed)
+        for d, g in variants:
+            speculative_generate(target, d, ids, gamma=g, **kw, seed=cfg.seed)
         if hf_kw is not None:
             _hf_generate(target, ids, hf_kw, cfg.seed)
-            _hf_generate(target, ids, hf_kw, cfg.seed, draft)
+            _hf_generate(target, ids, hf_kw, cfg.seed, hf_draft)
     base = SpecStats()
     spec = {k: SpecStats() for k in spec_keys}
     same = dict.fromkeys(spec_keys, 0)
@@ -194,14 +214,14 @@ def _run_seqkd(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: 
             for i, ids in enumerate(prompts):
                 b = autoregressive_generate(target, ids, **kw, seed=cfg.seed + i)
                 done = [("seqkd_target_only", b)]
-                for k, g in zip(spec_keys, gammas):
-                    done.append((k, speculative_generate(target, draft, ids, gamma=g, adaptive_gamma=cfg.adaptive_gamma,
+                for k, (d, g) in zip(spec_keys, variants):
+                    done.append((k, speculative_generate(target, d, ids, gamma=g, adaptive_gamma=cfg.adaptive_gamma,
                                                          lenience=cfg.lenience, **kw, seed=cfg.seed + i)))
                 for k, r in done:
                     tokens[k] += r.stats.generated
                     seconds[k] += r.stats.wall_seconds
                 if hf_kw is not None:
-                    for k, d in (("hf_generate", None), ("hf_assisted", draft)):
+                    for k, d in (("hf_generate", None), ("hf_assisted", hf_draft)):
                         n, dt = _hf_generate(target, ids, hf_kw, cfg.seed + i, d)
                         tokens[k] += n
                         seconds[k] += dt
@@ -216,7 +236,7 @@ def _run_seqkd(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: 
             for k in streams:
                 rates[k].append(tokens[k] / seconds[k] if seconds[k] else 0.0)
     reports = []
-    for k, g in zip(spec_keys, gammas):
+    for k, (_, g) in zip(spec_keys, variants):
         # the bound for the gamma asked for (blocks near the end draft fewer); adaptive gamma: the largest one used
         out = spec[k].summary(baseline=base, gamma=None if cfg.adaptive_gamma else g)
         speedups = [s / b if b else 0.0 for s, b in zip(rates[k], rates["seqkd_target_only"])]
@@ -239,11 +259,12 @@ def _run_seqkd(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: 
     return reports
 
 
-def _run_seqkd_batched(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: list[torch.Tensor],
+def _run_seqkd_batched(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, prompts: list[torch.Tensor],
                        progress: bool) -> list[dict[str, Any]]:
-    """Batches of ``cfg.batch_size`` prompts, target-only and speculative at each of ``gammas`` interleaved batch by
-    batch, over ``cfg.passes`` passes; one report per gamma. Acceptance counts are per row (as at batch size 1);
-    ``c``, ``v`` and the rates are per batched call (one call serves every row of the batch)."""
+    """Batches of ``cfg.batch_size`` prompts, target-only and speculative with each of ``variants`` ((draft, gamma)
+    pairs) interleaved batch by batch, over ``cfg.passes`` passes; one report per variant. Acceptance counts are per
+    row (as at batch size 1); ``c``, ``v`` and the rates are per batched call (one call serves every row of the
+    batch)."""
     from seqkd.models import family
     from seqkd.speculative import SpecStats
     from seqkd.speculative.batch import autoregressive_generate_batch, speculative_generate_batch
@@ -255,21 +276,21 @@ def _run_seqkd_batched(cfg: SpeculateConfig, gammas: list[int], target, draft, p
     warm = prompts[: cfg.warmup]  # one untimed batch
     if warm:
         autoregressive_generate_batch(target, warm, **kw, seed=cfg.seed)
-        for g in gammas:
-            speculative_generate_batch(target, draft, warm, gamma=g, **kw, seed=cfg.seed)
+        for d, g in variants:
+            speculative_generate_batch(target, d, warm, gamma=g, **kw, seed=cfg.seed)
     base = SpecStats()
-    rows = [SpecStats() for _ in gammas]  # per gamma: acceptance counts, row by row
-    times = [SpecStats() for _ in gammas]  # per gamma: batched calls and their times
-    same = [0 for _ in gammas]
+    rows = [SpecStats() for _ in variants]  # per variant: acceptance counts, row by row
+    times = [SpecStats() for _ in variants]  # per variant: batched calls and their times
+    same = [0 for _ in variants]
     base_rates: list[float] = []
-    spec_rates: list[list[float]] = [[] for _ in gammas]
+    spec_rates: list[list[float]] = [[] for _ in variants]
     with _bar(len(batches) * cfg.passes, progress, "speculate (batched)") as bar:
         for p in range(cfg.passes):
-            tokens, seconds = [0] * (1 + len(gammas)), [0.0] * (1 + len(gammas))
+            tokens, seconds = [0] * (1 + len(variants)), [0.0] * (1 + len(variants))
             for j, chunk in enumerate(batches):
                 b = autoregressive_generate_batch(target, chunk, **kw, seed=cfg.seed + j)
-                runs = [speculative_generate_batch(target, draft, chunk, gamma=g, lenience=cfg.lenience, **kw,
-                                                   seed=cfg.seed + j) for g in gammas]
+                runs = [speculative_generate_batch(target, d, chunk, gamma=g, lenience=cfg.lenience, **kw,
+                                                   seed=cfg.seed + j) for d, g in variants]
                 for k, st in enumerate([b.stats] + [s.stats for s in runs]):
                     tokens[k] += st.generated
                     seconds[k] += st.wall_seconds
@@ -283,10 +304,10 @@ def _run_seqkd_batched(cfg: SpeculateConfig, gammas: list[int], target, draft, p
                 bar.update()
                 bar.set_postfix(accept=f"{rows[-1].acceptance_rate:.2f}", tau=f"{rows[-1].block_efficiency:.2f}")
             base_rates.append(tokens[0] / seconds[0] if seconds[0] else 0.0)
-            for k in range(len(gammas)):
+            for k in range(len(variants)):
                 spec_rates[k].append(tokens[k + 1] / seconds[k + 1] if seconds[k + 1] else 0.0)
     reports = []
-    for k, g in enumerate(gammas):
+    for k, (_, g) in enumerate(variants):
         out = rows[k].summary(baseline=base, gamma=g, times=times[k])
         speedups = [s / b if b else 0.0 for s, b in zip(spec_rates[k], base_rates)]
         out.update(target_only_tokens_per_s=statistics.median(base_rates),
@@ -338,52 +359,58 @@ class _CallCounter:
         self.handle.remove()
 
 
-def _run_hf(cfg: SpeculateConfig, gammas: list[int], target, draft, prompts: list[torch.Tensor],
+def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, prompts: list[torch.Tensor],
             progress: bool) -> list[dict[str, Any]]:
-    """transformers assisted generation (``assistant_model=draft``) at each of ``gammas`` vs plain ``generate``,
-    interleaved prompt by prompt (one ``generate`` baseline for every gamma); one report per gamma. Acceptance is
-    counted from forward calls: each target call emits its accepted run plus one token."""
-    gen_kw = _hf_settings(cfg, draft)
+    """transformers assisted generation (``assistant_model=draft``) with each of ``variants`` ((draft, gamma) pairs)
+    vs plain ``generate``, interleaved prompt by prompt (one ``generate`` baseline for every variant); one report per
+    variant. Acceptance is counted from forward calls: each target call emits its accepted run plus one token."""
+    for d, _ in variants:  # each draft's generation config (the keywords are the same for every draft)
+        gen_kw = _hf_settings(cfg, d)
 
-    def run(ids, gamma: int | None, seed: int) -> tuple[int, float]:
-        if gamma is not None:
-            draft.generation_config.num_assistant_tokens = gamma  # (the heuristic schedule starts from it)
-        return _hf_generate(target, ids, gen_kw, seed, draft if gamma is not None else None)
+    def run(ids, k: int | None, seed: int) -> tuple[int, float]:
+        if k is None:
+            return _hf_generate(target, ids, gen_kw, seed)
+        d, g = variants[k]
+        d.generation_config.num_assistant_tokens = g  # (the heuristic schedule starts from it)
+        return _hf_generate(target, ids, gen_kw, seed, d)
 
+    n = len(variants)
     for ids in prompts[: cfg.warmup]:
         run(ids, None, cfg.seed)
-        for g in gammas:
-            run(ids, g, cfg.seed)
+        for k in range(n):
+            run(ids, k, cfg.seed)
     base_rates: list[float] = []
-    spec_rates: list[list[float]] = [[] for _ in gammas]
-    tc, dc = _CallCounter(target), _CallCounter(draft)
-    # counted on the first pass (every pass decodes the same tokens), per gamma
-    drafted, target_calls, spec_tok = [0] * len(gammas), [0] * len(gammas), [0] * len(gammas)
+    spec_rates: list[list[float]] = [[] for _ in variants]
+    tc, dcs = _CallCounter(target), {d: _CallCounter(d) for d, _ in variants}
+    # counted on the first pass (every pass decodes the same tokens), per variant
+    drafted, target_calls, spec_tok = [0] * n, [0] * n, [0] * n
     try:
         with _bar(len(prompts) * cfg.passes, progress, "speculate (hf)") as bar:
             for p in range(cfg.passes):
                 base_tok, base_s = 0, 0.0
-                pass_tok, spec_s = [0] * len(gammas), [0.0] * len(gammas)
+                pass_tok, spec_s = [0] * n, [0.0] * n
                 for i, ids in enumerate(prompts):
-                    n, dt = run(ids, None, cfg.seed + i)
-                    base_tok, base_s = base_tok + n, base_s + dt
-                    for k, g in enumerate(gammas):
+                    new, dt = run(ids, None, cfg.seed + i)
+                    base_tok, base_s = base_tok + new, base_s + dt
+                    for k in range(n):
+                        dc = dcs[variants[k][0]]
                         tc.calls = dc.calls = 0
-                        n, dt = run(ids, g, cfg.seed + i)
-                        pass_tok[k], spec_s[k] = pass_tok[k] + n, spec_s[k] + dt
+                        new, dt = run(ids, k, cfg.seed + i)
+                        pass_tok[k], spec_s[k] = pass_tok[k] + new, spec_s[k] + dt
                         if p == 0:
                             target_calls[k] += tc.calls
                             drafted[k] += dc.calls
-                            spec_tok[k] += n
+                            spec_tok[k] += new
                     bar.update()
                 base_rates.append(base_tok / base_s if base_s else 0.0)
-                for k in range(len(gammas)):
+                for k in range(n):
                     spec_rates[k].append(pass_tok[k] / spec_s[k] if spec_s[k] else 0.0)
     finally:
         tc.remove()
-        dc.remove()
+        for dc in dcs.values():
+            dc.remove()
     reports = []
-    for k in range(len(gammas)):
+    for k in range(n):
         accepted = max(spec_tok[k] - target_calls[k], 0)
         speedups = [x / b if b else 0.0 for x, b in zip(spec_rates[k], base_rates)]
         reports.append({

@@ -562,6 +562,35 @@ stages:
     assert (tmp_path / "par" / "a" / "train.src").read_bytes() != (tmp_path / "par" / "b" / "train.src").read_bytes()
 
 
+def test_jobs_workers_end_with_a_killed_run(tmp_path):
+    """A seqkd run --jobs 2 SIGKILLed while two training stages run in its workers: the workers end with it (no stage
+    goes on writing behind the back of the next run, which resumes them)."""
+    import signal
+
+    path = tmp_path / "r.yaml"
+    train = ("{job: train, model: marian-tiny, data: synthetic, synthetic_size: 200, vocab_size: 120, max_steps: "
+             "100000, eval_steps: 0, bleu_samples: 0, seed: %d}")
+    path.write_text(f"stages:\n  a: {train % 1}\n  b: {train % 2}\n")
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "-m", "seqkd", "run", str(path), "--out", str(out), "--jobs", "2"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def workers() -> list[str]:
+        r = subprocess.run(["pgrep", "-f", f"seqkd.pipeline.worker {out}"], capture_output=True, text=True)
+        return r.stdout.split()
+
+    deadline = time.time() + 120
+    while len(workers()) < 2 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.5)
+    assert len(workers()) == 2, "the two workers did not start"
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    deadline = time.time() + 30
+    while workers() and time.time() < deadline:
+        time.sleep(0.5)
+    assert workers() == []
+
+
 def test_a_closed_pipe_is_not_a_traceback(tmp_path, monkeypatch):
     """`seqkd run ... --dry-run | head -1`: the reader has left when seqkd writes; seqkd stops quietly (exit 141)."""
     import io
@@ -602,9 +631,13 @@ M30_TOY = ["data.limit=400", "teacher.max_steps=30", "teacher.eval_steps=15", "t
 def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_path, monkeypatch):
     """Every stage of multi30k-de-en on real data, cut to toy size (400 sentences, 30-step teacher, 10-step students):
     the five students, the CT2 export, the greedy on-policy draft and both speculate sweeps finish, and the report
-    scores all seven models at both beam sizes; benchmarks/kim_rush.py makes Kim & Rush's table from that report."""
+    scores all seven models at both beam sizes; benchmarks/kim_rush.py makes Kim & Rush's table from that report. With
+    --jobs 2, as the benchmark runs it: the selections and the students train in worker processes, two at a time."""
     out = tmp_path / "m30"
-    assert main(["run", "multi30k-de-en", "--out", str(out), *M30_TOY]) == 0
+    assert main(["run", "multi30k-de-en", "--out", str(out), "--jobs", "2", *M30_TOY]) == 0
+    workers = {p.stem for p in (out / "logs").glob("*.log")} - {"export"}  # (a worker if a student still trains)
+    assert workers == {"select-top", "select-inter", "student-baseline", "student-word-kd", "student-seq-kd",
+                       "student-seq-kd-word-kd", "student-seq-inter"}
     report = json.loads((out / "report.json").read_text())
     assert len(report["stages"]) == len(load_recipe("multi30k-de-en").stages)
     rows = {(r["model"], r["beam_size"]) for r in report["models"]["rows"]}

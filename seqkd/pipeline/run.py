@@ -422,22 +422,11 @@ def _spawn(st: Step, outputs: dict[str, str], threads: int, argv: list[str] | No
     log.parent.mkdir(parents=True, exist_ok=True)
     spec = log.with_suffix(".step")  # what the worker runs: the step and the outputs of the stages it may read
     spec.write_bytes(pickle.dumps({"step": st, "outputs": outputs, "command": argv}))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "SEQKD_RUN_PID": str(os.getpid())}  # (the worker ends with this process: seqkd.pipeline.worker)
     with open(log, "w", encoding="utf-8") as f:
         return subprocess.Popen([sys.executable, "-m", "seqkd.pipeline.worker", str(spec)], stdout=f,
-                                stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
-
-
-def _die_with_parent() -> None:
-    """(In the worker, before it starts.) Linux: the worker gets SIGTERM when the seqkd run that started it dies, so
-    a killed run leaves no stage running behind its back (a rerun resumes it, as after any kill)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def _wait_any(handles: dict[str, Any]) -> tuple[str, int]:

@@ -8,14 +8,31 @@ exits 0, or prints the error in one line and exits 1. Its thread count comes fro
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
+
+
+def _die_with(parent: int) -> None:
+    """Linux: SIGTERM for this worker when the seqkd run that started it dies, so a killed run leaves no stage running
+    behind its back (a rerun resumes the stage, as after any kill)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # (not Linux: the worker outlives a killed run)
+        return
+    if os.getppid() != parent:  # it died before the call above
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     from seqkd.errors import SeqkdError
     from seqkd.pipeline.run import run_stage
 
+    if os.environ.get("SEQKD_RUN_PID"):
+        _die_with(int(os.environ["SEQKD_RUN_PID"]))
     (path,) = sys.argv[1:] if argv is None else argv
     with open(path, "rb") as f:
         spec = pickle.load(f)

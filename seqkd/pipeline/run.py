@@ -17,6 +17,10 @@ finds its stages finished.
 **Faults.** ``stage.json`` is written (atomically) after the job returns, so a directory without it is never taken for
 a finished stage. A killed run resumes inside the stage where the job can: training from its last checkpoint, a
 corpus from its finished chunks (both exact); other jobs start the stage over.
+
+**Side by side** (``--jobs N``): training and file stages whose inputs are finished run up to N at a time, each in a
+worker process (:mod:`seqkd.pipeline.worker`) with 1/N of the cores; stages that time decoding or take every core run
+alone, here. See :func:`_run_parallel`.
 """
 
 from __future__ import annotations
@@ -270,6 +274,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, from_stage: str | None = None
     """Plan, print the plan, run the stages that need it (in order; ``jobs`` > 1: stages whose inputs are finished
     side by side, see :func:`_run_parallel`), write the report. Returns ``{"steps": [...], "markers": {name:
     stage.json}}`` (markers of every finished stage)."""
+    if jobs > 1 and runners is not None:
+        raise SeqkdError("jobs > 1 runs stages in worker processes, which use seqkd's own runners")
     out = Path(out)
     steps = plan(recipe, out, from_stage=from_stage, only=only)
     print(format_plan(steps, out), flush=True)
@@ -277,8 +283,6 @@ def run_recipe(recipe: Recipe, out: str | Path, *, from_stage: str | None = None
         return {"steps": steps, "markers": {}}
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
-        if jobs > 1 and runners is not None:
-            raise SeqkdError("jobs > 1 runs stages in worker processes, which use seqkd's own runners")
         return _run_steps(recipe, out, steps, progress=progress, argv=argv, runners=runners, report=report,
                           jobs=jobs)
 

@@ -246,9 +246,9 @@ def _prompts_of_every_path(model_dir, style, texts, limit, tmp_path, monkeypatch
     if limit == DEFAULT_MAX_SOURCE_LEN:
         spec: list[list[int]] = []
 
-        def fake_run(cfg, gammas, target, draft, prompts, progress):
+        def fake_run(cfg, variants, target, prompts, progress):
             spec.extend(p[0].tolist() for p in prompts)
-            return [{} for _ in gammas]
+            return [{} for _ in variants]
 
         monkeypatch.setattr(runners, "_run_seqkd", fake_run)
         f = tmp_path / f"prompts-{style}.txt"

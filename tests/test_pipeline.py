@@ -575,9 +575,17 @@ def test_jobs_workers_end_with_a_killed_run(tmp_path):
     run = subprocess.Popen([sys.executable, "-m", "seqkd", "run", str(path), "--out", str(out), "--jobs", "2"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def workers() -> list[str]:
-        r = subprocess.run(["pgrep", "-f", f"seqkd.pipeline.worker {out}"], capture_output=True, text=True)
-        return r.stdout.split()
+    def workers() -> list[str]:  # the live processes whose command line is a worker of this run
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+                state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:  # (it ended meanwhile)
+                continue
+            if b"seqkd.pipeline.worker" in args and any(str(out).encode() in a for a in args) and state != "Z":
+                found.append(cmdline.parent.name)
+        return found
 
     deadline = time.time() + 120
     while len(workers()) < 2 and time.time() < deadline and run.poll() is None:

@@ -188,7 +188,8 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
                          _fmt(r.get("target_only_tokens_per_s"), ".1f"), _fmt(r.get("speculative_tokens_per_s"), ".1f"),
                          _fmt(r["speedup"]) + "x" + (f" ({spread['min']:.2f}-{spread['max']:.2f})"
                                                      if "min" in spread else ""),
-                         _times(r.get("leviathan_bound")), str(r.get("passes", 1))])
+                         _times(r.get("leviathan_bound")), _times(r.get("predicted_speedup")),
+                         str(r.get("passes", 1))])
             cmp = r.get("comparison")
             if cmp:  # seqkd's decoder beside HF generate and HF assisted generation, on the same prompts
                 rate, over = cmp["tokens_per_s"], cmp["speedup_over_baseline"]
@@ -208,12 +209,14 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         blocks.append(("p", "Acceptance rate and per-position acceptance as vLLM defines them (accepted / drafted; "
                             "the share of drafted positions i accepted); tokens per target call and the bound as "
                             "Leviathan et al. (2023); c = draft step / target step, v = verification call / target "
-                            "step; speedup = speculative tokens/s over target-only tokens/s on the same prompts, "
+                            "step; predicted = tokens per call / (drafted per call x c + v), the overhead-aware "
+                            "speedup; speedup = speculative tokens/s over target-only tokens/s on the same prompts, "
                             "interleaved, median (min-max) over the passes; a gamma sweep of seqkd's decoder "
                             "decodes each prompt target-only once and at every gamma, so its rows share one "
                             "target-only baseline."))
         blocks.append(("table", ["stage", "engine", "batch", "draft", "gamma", "T", "acceptance", "tokens / call", "c",
-                                 "v", "target-only tok/s", "speculative tok/s", "speedup", "bound", "passes"], rows))
+                                 "v", "target-only tok/s", "speculative tok/s", "speedup", "bound", "predicted",
+                                 "passes"], rows))
     if hf_rows:
         blocks.append(("p", "The same prompts in HF transformers, interleaved: tokens/s (speedup over HF generate "
                             "with the target alone)."))

@@ -72,6 +72,10 @@ def main(argv=None) -> None:
     report = common.run_recipe(a.recipe, run, a.overrides, a.jobs)
     wall = time.perf_counter() - t0
     name = f"recipe_{a.recipe.replace('-', '_')}"
+    # a path of this machine anywhere in the report: nothing written (write_results checks its own files; the HTML
+    # and the plots are copied before it)
+    common.scrub(report, "report")
+    common.scrub((run / "report.html").read_text(encoding="utf-8"), "report.html")
     results = ROOT / "benchmarks" / "results"
     files = results / f"{name}_files"
     if files.exists():

@@ -599,6 +599,21 @@ def test_jobs_workers_end_with_a_killed_run(tmp_path):
     assert workers() == []
 
 
+def test_the_report_names_no_path_of_the_run_directory_under_any_spelling(tmp_path):
+    """A run made through a symlink and reported through its target (or the other way round): the stages recorded
+    the other spelling, and the report still writes paths relative to the run directory; other paths stay."""
+    from seqkd.pipeline.report import _relative
+
+    real = tmp_path / "real"
+    (real / "stages").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    recorded = {"path": f"{tmp_path / 'link'}/stages/student-0123456789", "rows": [f"{real}/stages/x-0123456789/m"],
+                "cmd": f"seqkd run r.yaml --out {tmp_path / 'link'}", "other": "/opt/models/teacher/stages/y"}
+    for out in (real, tmp_path / "link"):
+        assert _relative(recorded, out) == {"path": "stages/student-0123456789", "rows": ["stages/x-0123456789/m"],
+                                            "cmd": "seqkd run r.yaml --out .", "other": "/opt/models/teacher/stages/y"}
+
+
 def test_a_closed_pipe_is_not_a_traceback(tmp_path, monkeypatch):
     """`seqkd run ... --dry-run | head -1`: the reader has left when seqkd writes; seqkd stops quietly (exit 141)."""
     import io

@@ -14,6 +14,7 @@ import datetime
 import html
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -282,19 +283,29 @@ def _drafts_compared(spec: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _relative(x: Any, out: Path) -> Any:
+def _relative(x: Any, out: Path, prefixes: list[str] | None = None) -> Any:
     """``x`` with the run directory's paths made relative to it (a report moves with its run, and names no path of
-    the machine that made it)."""
-    prefixes = sorted({str(out), str(out.resolve())}, key=len, reverse=True)
+    the machine that made it): ``out`` as given, resolved, and any other spelling of it that the stages recorded
+    (a run reached through a symlink, then through its target: a path before ``/stages/`` that resolves to it)."""
+    if prefixes is None:
+        from seqkd.pipeline.recipe import strings
+
+        spellings = {str(out), str(out.resolve())}
+        for s in strings(x):
+            for m in re.finditer(r"(/[^\s'\"()\[\]]*?)/stages/", s):
+                if m.group(1) not in spellings and os.path.realpath(m.group(1)) == str(out.resolve()):
+                    spellings.add(m.group(1))
+        prefixes = sorted(spellings, key=len, reverse=True)
     if isinstance(x, str):
         for p in prefixes:
             x = re.sub(re.escape(p) + r"(/|(?![\w.-]))", lambda m: "" if m.group(1) else ".", x)
         return x
     if isinstance(x, dict):
-        return {k: _relative(v, out) for k, v in x.items()}
+        return {k: _relative(v, out, prefixes) for k, v in x.items()}
     if isinstance(x, list):
-        return [_relative(v, out) for v in x]
+        return [_relative(v, out, prefixes) for v in x]
     return x
+
 
 
 def _machine_line(env: dict) -> str:

@@ -54,7 +54,7 @@ def screenshot(html: Path, png: Path) -> str | None:
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(**({"executable_path": exe, "args": CHROMIUM_ARGS} if exe else {}))
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(html.resolve().as_uri())
             page.screenshot(path=str(png), full_page=True)
             browser.close()

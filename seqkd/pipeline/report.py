@@ -394,7 +394,9 @@ def _html(blocks: list[Block], title: str) -> str:
         elif b[0] == "table":
             head = "".join(f"<th>{e(h)}</th>" for h in b[1])
             rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            wide = ' class="wide"' if len(b[1]) > 10 else ""  # (the speculative table: 16 columns)
+            body.append(f"<div class=\"scroll\"><table{wide}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>"
+                        "</table></div>")
         elif b[0] == "img":
             src = "data:image/png;base64," + base64.b64encode(b[2]).decode()
             body.append(f'<figure><img src="{src}" alt="{e(b[3])}"><figcaption>{e(b[3])}</figcaption></figure>')
@@ -405,6 +407,8 @@ def _html(blocks: list[Block], title: str) -> str:
     css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
            "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
            "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+           "table.wide{font-size:12px}table.wide td,table.wide th{padding:3px 5px}table.wide td{white-space:nowrap}"
+           "div.scroll{overflow-x:auto}"
            "img{max-width:100%}figcaption{font-size:13px;color:#555}pre{background:#f6f6f6;padding:1em;"
            "overflow-x:auto;font-size:12px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{css}</style></head>"

@@ -1,7 +1,9 @@
-"""Regenerate the README's main-job results block from the committed report of ``seqkd run synthetic``
-(``benchmarks/results/recipe_synthetic.json``, written by ``python benchmarks/recipe.py synthetic``).
+"""Regenerate the README's results blocks from the committed recipe reports: the main job's (``seqkd run synthetic``,
+``benchmarks/results/recipe_synthetic.json``, written by ``python benchmarks/recipe.py synthetic``) and the SmolLM2
+draft's (``recipe_smollm2_draft.json``, by ``python benchmarks/recipe.py smollm2-draft``; until it exists the block
+says so).
 
-    python scripts/readme_results.py          # rewrite the block between the markers in README.md
+    python scripts/readme_results.py          # rewrite the blocks between their markers in README.md
     python scripts/readme_results.py --check  # exit 1 if README.md is out of date (tests/test_architecture.py)
 """
 
@@ -14,6 +16,8 @@ from architecture import ROOT, update_block
 
 BEGIN, END = "<!-- results:begin (scripts/readme_results.py) -->", "<!-- results:end -->"
 RESULT = ROOT / "benchmarks" / "results" / "recipe_synthetic.json"
+SMOL_BEGIN, SMOL_END = "<!-- smollm2-draft:begin (scripts/readme_results.py) -->", "<!-- smollm2-draft:end -->"
+SMOL = ROOT / "benchmarks" / "results" / "recipe_smollm2_draft.json"
 
 
 def render() -> str:
@@ -51,6 +55,43 @@ def render() -> str:
     return "\n".join(lines)
 
 
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |"
+                                                                              for r in rows]
+
+
+def render_smollm2(result: dict | None, files: str = "benchmarks/results/recipe_smollm2_draft_files") -> str:
+    """The SmolLM2 draft's block from its committed result (``benchmarks/recipe.py``'s JSON), or what to run."""
+    if result is None:
+        return ("Not run at full size yet: `python benchmarks/recipe.py smollm2-draft` (about 12 hours on 2 CPU "
+                "cores, resumable) writes `benchmarks/results/recipe_smollm2_draft.*`, and this block is generated "
+                "from it (`python scripts/readme_results.py`).")
+    from seqkd.pipeline.report import speculative_tables
+
+    rep, run, env = result["report"], result["run"], result["environment"]
+    spec = rep["drafts"]["speculate"]
+    prompts = {r["prompts"] for rs in spec.values() for r in rs}
+    (headers, rows), (hf_headers, hf_rows) = speculative_tables(spec)
+    lines = [f"Committed report (`benchmarks/results/recipe_smollm2_draft.md`, `.html`): commit `{run['commit']}`, "
+             f"{env['cpu']['model']}, {env['cpu']['usable_cores']} cores, no GPU; its stages took "
+             f"{sum(s['seconds'] for s in rep['stages'].values()) / 3600:.1f} hours. "
+             f"{' / '.join(str(p) for p in sorted(prompts))} prompts per stage (validation prompts in the `-val` "
+             "stage, held-out test prompts in the others); medians of the passes with min–max.", "",
+             " ".join(rep.get("summary", [])), "", *_table(headers, rows)]
+    if hf_rows:
+        lines += ["", "The same prompts in HF transformers (tokens/s; speedup over HF generate):", "",
+                  *_table(hf_headers, hf_rows)]
+    lines += ["", f"![acceptance and speedup against gamma, per-position acceptance]({files}/speculative.png)"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    how = "python scripts/readme_results.py"
+    smol = json.loads(SMOL.read_text(encoding="utf-8")) if SMOL.exists() else None
+    rc = update_block(ROOT / "README.md", BEGIN, END, render(), check=check, how=how)
+    return rc or update_block(ROOT / "README.md", SMOL_BEGIN, SMOL_END, render_smollm2(smol), check=check, how=how)
+
+
 if __name__ == "__main__":
-    sys.exit(update_block(ROOT / "README.md", BEGIN, END, render(), check="--check" in sys.argv[1:],
-                          how="python scripts/readme_results.py"))
+    sys.exit(main(sys.argv[1:]))

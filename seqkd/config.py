@@ -800,7 +800,8 @@ class RunConfig:
     dry_run: bool = _help("print the plan (which stages run, which are cached, and why) and stop", default=False)
     jobs: int = _help("run up to N stages at a time where their inputs are finished (training and file jobs; each in "
                       "its own process with 1/N of the cores, as make -j); stages that time decoding or use every "
-                      "core (speculate, evaluate, align, generate, draft-init) always run alone. On a 2-core CPU, "
+                      "core (speculate, evaluate, align, generate, draft-init) or train to a wall-clock cap "
+                      "(max_minutes) always run alone. On a 2-core CPU, "
                       "--jobs 2 trains two students in one-thread processes side by side", default=1)
 
     def __post_init__(self) -> None:

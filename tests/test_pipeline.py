@@ -527,6 +527,11 @@ def test_jobs_runs_ready_training_stages_side_by_side_and_the_rest_alone(tmp_pat
     assert order[:4] == ["data", "teacher", "corpus", "top"] and order[-1] == "evaluate"
     assert list(result["markers"]) == [s.name for s in load_recipe(str(path)).stages]
     assert all(st.action == "cached" for st in plan(load_recipe(str(path)), tmp_path / "run"))
+    # a training stage capped in wall-clock minutes runs alone: on fewer cores it would train fewer steps
+    workers.clear()
+    run_recipe(load_recipe(str(path), ["teacher.max_steps=7", "student-a.max_minutes=5"]), tmp_path / "run",
+               report=False, progress=False, jobs=2)
+    assert workers == {}
     # a failed worker: the other one finishes (and is kept), nothing later starts, the run fails with the log
     events.clear()
     fail.add("student-b")

@@ -366,7 +366,10 @@ SHAREABLE_JOBS = frozenset({"train", "distill", "select", "tokenizer", "dataset"
 
 
 def _shareable(st: Step) -> bool:
-    return st.stage.job in SHAREABLE_JOBS and st.stage.processes == 1  # (torchrun stages share out the cores)
+    # torchrun stages share out the cores themselves; a training stage capped in wall-clock minutes would train fewer
+    # steps on fewer cores (a teacher with max_minutes: 35 beside another stage is a weaker teacher): alone
+    return (st.stage.job in SHAREABLE_JOBS and st.stage.processes == 1
+            and st.settings.get("max_minutes") is None)
 
 
 def _cores() -> int:

@@ -409,6 +409,7 @@ def _run_parallel(todo: list[Step], here: Callable[[Step], None], *, out: Path, 
             raise SeqkdError(f"no stage can start: {', '.join(st.stage.name for st in todo)} wait for each other")
         name, rc = _wait_any({n: h for n, (_, h, _) in running.items()})
         st, _, log = running.pop(name)
+        log.with_suffix(".step").unlink(missing_ok=True)  # (the worker's input: read at its start)
         if rc == 0 and is_finished(st.dir, st.key):
             _finished(st, json.loads((st.dir / MARKER).read_text(encoding="utf-8")), out=out, steps=steps,
                       markers=markers, recipe=recipe, argv=argv)

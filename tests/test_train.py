@@ -198,6 +198,41 @@ def test_epochs_set_the_step_budget(tmp_path):
         _cfg(tmp_path, "bad", patience=-1)
 
 
+def test_a_resumed_run_counts_the_time_before_its_checkpoint(tmp_path):
+    """The summary's seconds are wall time across resumes: what the first process logged up to its checkpoint (1,000 s,
+    faked by its start time) plus the resumed process's own; every log entry carries the running total."""
+    import time
+
+    from seqkd.student.setup import run_training
+
+    cfg = _cfg(tmp_path, "cut", max_steps=6, eval_steps=3, bleu_samples=0)
+    set_seed(cfg.seed)
+    run = prepare_train(cfg)
+    run.started = time.perf_counter() - 1000.0
+    trainer = build_trainer(cfg, run)
+    trainer.add_callback(_StopAt(3))
+    trainer.train()
+    first = [h["wall_seconds"] for h in trainer.state.log_history]
+    assert len(first) >= 4 and first == sorted(first) and 1000.0 < first[0] < first[-1] < 1000.0 + 60.0
+
+    cfg = _cfg(tmp_path, "cut", max_steps=6, eval_steps=3, bleu_samples=0, resume=True)
+    set_seed(cfg.seed)
+    run = prepare_train(cfg)
+    from seqkd.student.trainer import latest_checkpoint
+
+    run.resume_from = latest_checkpoint(cfg.out)
+    resumed_at = time.perf_counter()
+    summary = run_training(cfg, run, build_trainer(cfg, run))
+    own = time.perf_counter() - run.started
+    assert summary["steps"] == 6
+    saved = json.loads((tmp_path / "cut" / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    before = saved[-1]["wall_seconds"]  # the evaluation at step 3, logged just before the checkpoint was saved
+    assert before == max(h["wall_seconds"] for h in saved) > 1000.0
+    assert before + (resumed_at - run.started) <= summary["seconds"] <= before + own
+    later = [h["wall_seconds"] for h in summary["evaluations"]]
+    assert later[0] == before and later[-1] > before
+
+
 def _scripted_bleu(trainer, by_step):
     """Validation BLEU as a function of the step (the stopping rule, not the model, is under test)."""
     from types import SimpleNamespace

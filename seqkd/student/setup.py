@@ -326,7 +326,8 @@ def build_trainer(cfg: TrainConfig, run: Run, *, trainer_cls=None, collator_cls=
     from seqkd.student.trainer import SeqkdTrainer, make_trainer
 
     trainer = make_trainer(cfg, run.model, run.src_tok, run.tgt_tok, run.train_examples, run.valid,
-                           trainer_cls=trainer_cls or SeqkdTrainer, collator_cls=collator_cls, **trainer_kw)
+                           trainer_cls=trainer_cls or SeqkdTrainer, collator_cls=collator_cls, started=run.started,
+                           **trainer_kw)
     if run.teacher is not None:
         run.teacher.to(trainer.args.device)
     return trainer
@@ -337,4 +338,4 @@ def run_training(cfg: TrainConfig, run: Run, trainer) -> dict:
     from seqkd.student.trainer import finish
 
     trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
-    return finish(trainer, cfg, run.src_tok, run.tgt_tok, run.started, run.data_stats)
+    return finish(trainer, cfg, run.src_tok, run.tgt_tok, run.data_stats)

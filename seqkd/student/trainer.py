@@ -90,8 +90,12 @@ class SeqkdTrainer(Trainer):
     steps_per_epoch: int = 1  # optimizer steps per pass over the data; make_trainer sets it (summaries report epochs)
 
     def __init__(self, *args, fmt: Format, batch_sampler=None, bleu_eval=None, label_smoothing: float = 0.0,
-                 **kwargs):
+                 started: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # this process's start (``time.perf_counter``; the run's setup counts), and the wall seconds of the processes
+        # before the checkpoint it resumed from (read from the history once the checkpoint is loaded)
+        self.started = time.perf_counter() if started is None else started
+        self._seconds_before: float | None = None
         self.fmt = fmt
         self.batch_sampler = batch_sampler
         self.bleu_eval = bleu_eval
@@ -160,7 +164,17 @@ class SeqkdTrainer(Trainer):
             model.train(was_training)
         return output
 
+    def wall_seconds(self) -> float:
+        """Wall seconds this run has taken, across resumes: the last ``wall_seconds`` the history of the checkpoint it
+        resumed from logged (its evaluation, just before the save), plus this process's own. Work a killed process
+        did after its last checkpoint is redone by the next one, so it is counted once."""
+        if self._seconds_before is None:  # first call after train() loaded the checkpoint's state (or found none)
+            self._seconds_before = max((h["wall_seconds"] for h in self.state.log_history if "wall_seconds" in h),
+                                       default=0.0)
+        return self._seconds_before + time.perf_counter() - self.started
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs["wall_seconds"] = self.wall_seconds()
         if "loss" in logs and self._term_tokens:
             for k, v in self._term_sums.items():
                 logs[k] = v / self._term_tokens
@@ -366,15 +380,14 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
     return trainer
 
 
-def finish(trainer: SeqkdTrainer, cfg: TrainConfig, src_tok, tgt_tok, started: float,
-           data_stats: dict | None = None) -> dict:
+def finish(trainer: SeqkdTrainer, cfg: TrainConfig, src_tok, tgt_tok, data_stats: dict | None = None) -> dict:
     """Save ``out/last`` and the best model at ``out/`` (model + tokenizer), and the run's summary
     (``out/train_summary.json``: :func:`summarize`, the data's statistics, the trainer's :meth:`summary_extra`)."""
     from seqkd.models import save_model
 
     out = Path(cfg.out)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    summary = summarize(trainer, cfg, started)
+    summary = summarize(trainer, cfg)
     summary["data"] = data_stats or {}
     summary.update(trainer.summary_extra())
     summary["is_main_process"] = trainer.accelerator.is_main_process
@@ -393,8 +406,8 @@ def finish(trainer: SeqkdTrainer, cfg: TrainConfig, src_tok, tgt_tok, started: f
     return summary
 
 
-def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
-    """What a run did, from the trainer's log history (tokens/s: per process)."""
+def summarize(trainer: SeqkdTrainer, cfg) -> dict:
+    """What a run did, from the trainer's log history (tokens/s: per process; seconds: wall time across resumes)."""
     history = trainer.state.log_history
     speeds = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
     best = trainer.state.best_model_checkpoint
@@ -411,7 +424,7 @@ def summarize(trainer: SeqkdTrainer, cfg, started: float) -> dict:
         "evaluations": [h for h in history if "eval_loss" in h],
         "train_tokens_per_s": sum(speeds) / len(speeds) if speeds else None,
         "train_tokens": trainer.state.num_input_tokens_seen,
-        "seconds": time.perf_counter() - started,
+        "seconds": trainer.wall_seconds(),
         "config": as_dict(cfg),
     }
 

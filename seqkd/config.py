@@ -861,9 +861,16 @@ class SpeculateConfig:
         "the --warmup prompts (at least 1) absorb it. Outputs stay exact with respect to the compiled target.",
         default=False)
     out: str | None = _help("Write the report (JSON) here.", default=None)
+    resume: bool = _help(
+        "Continue a killed run from its last finished pass (seqkd and hf engines): each finished pass is kept beside "
+        "--out (report.json -> report.passes.json) until the report is written, and a rerun with the same settings, "
+        "prompts and models warms up again and times only the passes left. vLLM measures every pass in one engine: "
+        "it starts over.", default=False)
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.resume and not self.out:
+            raise SeqkdError("--resume continues from the passes kept beside --out: give --out")
         if self.compile and (self.engine != "seqkd" or self.compare_hf):
             raise SeqkdError("--compile compiles the models of seqkd's decoder: use it with --engine seqkd, without "
                              "--compare-hf")

@@ -133,3 +133,14 @@ def latest_checkpoint(out: PathLike) -> Path | None:
     cps = [p for p in Path(out).glob("checkpoint-*")
            if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(cps, key=lambda p: int(p.name.split("-")[-1])) if cps else None
+
+
+def fingerprint(path: PathLike) -> Any:
+    """Size and modification time of a file, or of every file under a directory: whether an input changed, without
+    reading gigabytes of weights (a recipe's stage keys, a resumed timing run)."""
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+    return sorted([str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns]
+                  for f in p.rglob("*") if f.is_file())

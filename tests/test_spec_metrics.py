@@ -4,6 +4,7 @@ the verification cost v and the overhead-aware prediction, and vLLM's counters w
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -271,3 +272,66 @@ def test_a_draft_sweep_compares_drafts_on_one_target_only_baseline(tiny_lm_model
     with pytest.raises(SeqkdError, match="3 drafts for 2 configs"):
         speculate_sweep(cfgs, progress=False, target=target, draft=[small, target, small],
                         tokenizers=load_tokenizers(tiny_lm_model), prompts=["pelo kiva"])
+
+
+@pytest.mark.parametrize("engine,batch_size", [("seqkd", 1), ("seqkd", 2), ("hf", 1)])
+def test_a_killed_timing_run_resumes_from_its_last_finished_pass(tiny_lm_model, tmp_path, monkeypatch, engine,
+                                                                  batch_size):
+    """--resume: a gamma sweep killed after the first of its 3 passes, rerun, times only passes 2 and 3, keeps pass 1's
+    rates as measured, and reports the counts of an uninterrupted run; the kept passes go once the reports are
+    written, and passes kept for other settings are not used (a recipe's speculate stages resume this way)."""
+    import dataclasses
+
+    from seqkd.pipeline.jobs import runner_fields
+    from seqkd.speculative import runners
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("lesko sush jun\npelo kiva\nmura sush\nkiva jun\n")
+    cfg = SpeculateConfig(target=str(tiny_lm_model), draft=str(tiny_lm_model), input=str(prompts), temperature=1.0,
+                          max_new_tokens=8, passes=3, batch_size=batch_size, engine=engine)
+    cfgs = [dataclasses.replace(cfg, gamma=g, out=str(tmp_path / f"g{g}.json"), resume=True) for g in (2, 4)]
+    kept = tmp_path / "g2.passes.json"
+
+    class Killed(Exception):
+        pass
+
+    real, recorded = runners.PassLog.record, []
+
+    def record_then_die(self, rec):
+        real(self, rec)
+        raise Killed
+
+    monkeypatch.setattr(runners.PassLog, "record", record_then_die)
+    with pytest.raises(Killed):
+        runners.speculate_sweep(cfgs, progress=False)
+    first = json.loads(kept.read_text())["passes"]
+    assert len(first) == 1 and not any(os.path.exists(c.out) for c in cfgs)  # no report before the last pass
+
+    def spy(self, rec):
+        recorded.append(rec)
+        real(self, rec)
+
+    monkeypatch.setattr(runners.PassLog, "record", spy)
+    resumed = runners.speculate_sweep(cfgs, progress=False)
+    assert len(recorded) == 2 and not kept.exists()  # passes 2 and 3 only; the kept passes went with the reports
+    baseline = "hf_generate" if engine == "hf" else "seqkd_target_only"
+    first_base = first[0]["rates"][baseline] if engine == "seqkd" and batch_size == 1 else first[0]["base_rate"]
+    whole = runners.speculate_sweep([dataclasses.replace(c, out=None, resume=False) for c in cfgs], progress=False)
+    for r, w in zip(resumed, whole):
+        assert r["tokens_per_s"][baseline]["per_pass"][0] == first_base  # pass 1 as the killed run measured it
+        assert len(r["speedup_spread"]["per_pass"]) == 3
+        assert {k: r[k] for k in COUNTS} == {k: w[k] for k in COUNTS}
+        assert r.get("identical_outputs") == w.get("identical_outputs")
+    assert [json.loads(open(c.out).read())["gamma"] for c in cfgs] == [2, 4]
+
+    # passes kept for other settings (here another max_new_tokens) are not used: all 3 passes run
+    monkeypatch.setattr(runners.PassLog, "record", record_then_die)
+    with pytest.raises(Killed):
+        runners.speculate_sweep(cfgs, progress=False)
+    monkeypatch.setattr(runners.PassLog, "record", spy)
+    recorded.clear()
+    runners.speculate_sweep([dataclasses.replace(c, max_new_tokens=6) for c in cfgs], progress=False)
+    assert len(recorded) == 3 and not kept.exists()
+    with pytest.raises(SeqkdError, match="--resume continues from the passes kept beside --out"):
+        SpeculateConfig(target="t", draft="d", input="p", resume=True)
+    assert runner_fields("speculate", False, False)["resume"] and not runner_fields("align", False, False)["resume"]

@@ -16,7 +16,8 @@ finds its stages finished.
 
 **Faults.** ``stage.json`` is written (atomically) after the job returns, so a directory without it is never taken for
 a finished stage. A killed run resumes inside the stage where the job can: training from its last checkpoint, a
-corpus from its finished chunks (both exact); other jobs start the stage over.
+corpus from its finished chunks (both exact), speculative timing from its last finished pass; other jobs start the
+stage over.
 
 **Side by side** (``--jobs N``): training and file stages whose inputs are finished run up to N at a time, each in a
 worker process (:mod:`seqkd.pipeline.worker`) with 1/N of the cores; stages that time decoding or take every core run
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from seqkd.errors import SeqkdError
-from seqkd.io import atomic_write_json, latest_checkpoint
+from seqkd.io import atomic_write_json, fingerprint, latest_checkpoint
 from seqkd.pipeline.recipe import (
     JOBS,
     RUNNER_FIELDS,
@@ -77,21 +78,10 @@ class Step:
         return str(self.dir / primary) if primary else str(self.dir)
 
 
-def _fingerprint(path: str) -> Any:
-    """Size and modification time of a file, or of every file under a directory (what decides whether an input
-    changed without reading gigabytes of weights)."""
-    p = Path(path)
-    if p.is_file():
-        st = p.stat()
-        return [st.st_size, st.st_mtime_ns]
-    return sorted([str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns]
-                  for f in p.rglob("*") if f.is_file())
-
-
 def stage_key(stage: Stage, key_settings: dict[str, Any], swept: list[Any] | None = None) -> str:
     """The hash of what the stage computes from (see the module's docstring); ``swept``: the sweep's values with
     their references as ``key_settings`` has them (default: as the recipe writes them)."""
-    files = {s: _fingerprint(s) for s in strings(key_settings)
+    files = {s: fingerprint(s) for s in strings(key_settings)
              if not s.startswith("<") and len(s) < 4096 and os.path.exists(s)}
     sweep = [stage.sweep[0], list(stage.sweep[1]) if swept is None else swept] if stage.sweep else None
     payload = {"job": stage.job, "settings": key_settings, "sweep": sweep, "files": files}

@@ -7,21 +7,60 @@ The dataclass is the CLI (``seqkd speculate --help``); :func:`speculate` is the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from seqkd.config import SpeculateConfig
+from seqkd.config import SpeculateConfig, as_dict
 from seqkd.errors import SeqkdError
-from seqkd.io import atomic_write_json
-from seqkd.speculative.metrics import spread
+from seqkd.io import atomic_write_json, fingerprint
+from seqkd.speculative.metrics import SpecStats, spread
 
 log = logging.getLogger(__name__)
 
 
+class PassLog:
+    """The finished timed passes of a run, rewritten (atomically) after each pass to ``report.passes.json`` beside the
+    first config's ``out``, so that a killed run rerun with ``resume`` continues with the next pass: a sweep on a CPU
+    times for hours, and a pass is minutes of it. Each runner stores what it needs to rebuild its state (the rates of
+    the pass; the first pass also the acceptance counts, which every pass repeats). The file is used only if it was
+    written for the same configs, prompt ids and model files (else the run starts over) and goes when the reports are
+    written. A resumed process warms up again before timing, so its passes are as comparable as one process's."""
+
+    def __init__(self, cfgs: list[SpeculateConfig], prompt_ids: list[torch.Tensor], models: list[str]):
+        out = cfgs[0].out
+        self.path = Path(out).with_suffix(".passes.json") if out else None
+        ignore = {"out", "resume"}
+        payload = {"configs": [{k: v for k, v in as_dict(c).items() if k not in ignore} for c in cfgs],
+                   "prompts": [ids.tolist() for ids in prompt_ids],
+                   "models": {m: fingerprint(m) for m in dict.fromkeys(models) if os.path.exists(m)}}
+        self.key = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+        self.done: list[dict[str, Any]] = []  # one record per finished pass, in order
+        if cfgs[0].resume and self.path is not None and self.path.is_file():
+            kept = json.loads(self.path.read_text(encoding="utf-8"))
+            if kept.get("key") == self.key:
+                self.done = kept["passes"]
+                log.info("%s: %d finished pass(es) kept; timing the rest", self.path, len(self.done))
+            else:
+                log.info("%s was written for other settings, prompts or models: starting over", self.path)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """One more pass finished: keep it (a no-op without ``out``)."""
+        self.done.append(rec)
+        if self.path is not None:
+            atomic_write_json(self.path, {"key": self.key, "passes": self.done})
+
+    def finish(self) -> None:
+        """The reports are written: the kept passes are no longer needed."""
+        if self.path is not None and self.path.is_file():
+            self.path.unlink()
 
 
 def check_pair(target_dir: str, draft_dir: str):
@@ -119,6 +158,7 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
         for path in dict.fromkeys(c.draft for c in cfgs):
             src_tok, tgt_tok = check_pair(cfg.target, path)
     params: list[dict[str, int]] | None = None
+    passes: PassLog | None = None  # (vLLM times every pass in one engine: nothing to resume)
     if cfg.engine == "vllm":
         from seqkd.speculative.vllm_runner import vllm_speculate
 
@@ -151,12 +191,13 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
         was_training = [(m, m.training) for m in (target, *used.values())]
         for m, _ in was_training:
             m.eval()
+        passes = PassLog(cfgs, prompt_ids, [] if holds else [cfg.target, *(c.draft for c in cfgs)])
         if cfg.engine == "hf":
-            reports = _run_hf(cfg, variants, target, prompt_ids, progress)
+            reports = _run_hf(cfg, variants, target, prompt_ids, progress, passes)
         elif cfg.batch_size == 1:
-            reports = _run_seqkd(cfg, variants, target, prompt_ids, progress)
+            reports = _run_seqkd(cfg, variants, target, prompt_ids, progress, passes)
         else:
-            reports = _run_seqkd_batched(cfg, variants, target, prompt_ids, progress)
+            reports = _run_seqkd_batched(cfg, variants, target, prompt_ids, progress, passes)
         for m, mode in was_training:
             m.train(mode)
         for c, p, r in zip(cfgs, params, reports):
@@ -174,41 +215,48 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
             report["target_only_shared_with"] = [{"draft": x.draft, "gamma": x.gamma} for x in cfgs]
         if c.out:
             atomic_write_json(c.out, report)
+    if passes is not None:
+        passes.finish()
     return reports
 
 
-def _bar(total: int, enabled: bool, desc: str):
+def _bar(total: int, enabled: bool, desc: str, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt")
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="prompt")
 
 
 def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, prompts: list[torch.Tensor],
-               progress: bool) -> list[dict[str, Any]]:
+               progress: bool, passes: PassLog) -> list[dict[str, Any]]:
     """Target-only decoding of each prompt, then speculative decoding with each of ``variants`` ((draft, gamma)
-    pairs), interleaved prompt by prompt (machine noise hits all alike), over ``cfg.passes`` passes; one report per
-    variant, every speedup over the same target-only rates. With ``cfg.compare_hf`` (one variant) also HF generate and
-    HF assisted generation on each prompt, all four compared on absolute tokens/s against HF generate."""
-    from seqkd.speculative import SpecStats, autoregressive_generate, speculative_generate
+    pairs), interleaved prompt by prompt (machine noise hits all alike), over ``cfg.passes`` passes (those ``passes``
+    already holds are not redone); one report per variant, every speedup over the same target-only rates. With
+    ``cfg.compare_hf`` (one variant) also HF generate and HF assisted generation on each prompt, all four compared on
+    absolute tokens/s against HF generate."""
+    from seqkd.speculative import autoregressive_generate, speculative_generate
 
     kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     hf_draft = variants[0][0]  # (--compare-hf: the one variant)
     hf_kw = _hf_settings(cfg, hf_draft) if cfg.compare_hf else None
     spec_keys = [f"seqkd_speculative#{k}" for k in range(len(variants))]  # by position: a variant may repeat
-    for ids in prompts[: cfg.warmup]:
+    streams = ["seqkd_target_only", *spec_keys] + (["hf_generate", "hf_assisted"] if hf_kw else [])
+    rates: dict[str, list[float]] = {k: [rec["rates"][k] for rec in passes.done] for k in streams}
+    # the counts are the same every pass (same seeds), so the first pass keeps them; the times differ
+    first = passes.done[0] if passes.done else {"base": {}, "spec": {k: {} for k in spec_keys},
+                                                "same": dict.fromkeys(spec_keys, 0)}
+    base = SpecStats(**first["base"])
+    spec = {k: SpecStats(**v) for k, v in first["spec"].items()}
+    same = dict(first["same"])
+    start = len(passes.done)
+    for ids in prompts[: cfg.warmup] if start < cfg.passes else []:  # (nothing left to time: no warm-up)
         autoregressive_generate(target, ids, **kw, seed=cfg.seed)
         for d, g in variants:
             speculative_generate(target, d, ids, gamma=g, **kw, seed=cfg.seed)
         if hf_kw is not None:
             _hf_generate(target, ids, hf_kw, cfg.seed)
             _hf_generate(target, ids, hf_kw, cfg.seed, hf_draft)
-    base = SpecStats()
-    spec = {k: SpecStats() for k in spec_keys}
-    same = dict.fromkeys(spec_keys, 0)
-    streams = ["seqkd_target_only", *spec_keys] + (["hf_generate", "hf_assisted"] if hf_kw else [])
-    rates: dict[str, list[float]] = {k: [] for k in streams}
-    with _bar(len(prompts) * cfg.passes, progress, "speculate") as bar:
-        for p in range(cfg.passes):
+    with _bar(len(prompts) * cfg.passes, progress, "speculate", initial=len(prompts) * start) as bar:
+        for p in range(start, cfg.passes):
             tokens = dict.fromkeys(streams, 0)
             seconds = dict.fromkeys(streams, 0.0)
             for i, ids in enumerate(prompts):
@@ -225,7 +273,7 @@ def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, pr
                         n, dt = _hf_generate(target, ids, hf_kw, cfg.seed + i, d)
                         tokens[k] += n
                         seconds[k] += dt
-                if p == 0:  # the counts are the same every pass (same seeds); the times differ
+                if p == 0:
                     base += b.stats
                     for k, r in done[1:]:
                         spec[k] += r.stats
@@ -235,6 +283,11 @@ def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, pr
                 bar.set_postfix(accept=f"{last.acceptance_rate:.2f}", tau=f"{last.block_efficiency:.2f}")
             for k in streams:
                 rates[k].append(tokens[k] / seconds[k] if seconds[k] else 0.0)
+            rec: dict[str, Any] = {"rates": {k: rates[k][-1] for k in streams}}
+            if p == 0:
+                rec.update(base=dataclasses.asdict(base), spec={k: dataclasses.asdict(v) for k, v in spec.items()},
+                           same=same)
+            passes.record(rec)
     reports = []
     for k, (_, g) in zip(spec_keys, variants):
         # the bound for the gamma asked for (blocks near the end draft fewer); adaptive gamma: the largest one used
@@ -260,33 +313,36 @@ def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, pr
 
 
 def _run_seqkd_batched(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, prompts: list[torch.Tensor],
-                       progress: bool) -> list[dict[str, Any]]:
+                       progress: bool, passes: PassLog) -> list[dict[str, Any]]:
     """Batches of ``cfg.batch_size`` prompts, target-only and speculative with each of ``variants`` ((draft, gamma)
-    pairs) interleaved batch by batch, over ``cfg.passes`` passes; one report per variant. Acceptance counts are per
-    row (as at batch size 1); ``c``, ``v`` and the rates are per batched call (one call serves every row of the
-    batch)."""
+    pairs) interleaved batch by batch, over ``cfg.passes`` passes (those ``passes`` already holds are not redone); one
+    report per variant. Acceptance counts are per row (as at batch size 1); ``c``, ``v`` and the rates are per batched
+    call (one call serves every row of the batch)."""
     from seqkd.models import family
-    from seqkd.speculative import SpecStats
     from seqkd.speculative.batch import autoregressive_generate_batch, speculative_generate_batch
 
     if family(target) != "causal":
         raise SeqkdError("--batch-size > 1 (batched speculation) is implemented for decoder-only models")
     kw = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     batches = [prompts[i: i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
-    warm = prompts[: cfg.warmup]  # one untimed batch
+    n = len(variants)
+    base_rates: list[float] = [rec["base_rate"] for rec in passes.done]
+    spec_rates: list[list[float]] = [[rec["spec_rates"][k] for rec in passes.done] for k in range(n)]
+    # the counts are the same every pass (same seeds), so the first pass keeps them; the times differ
+    first = passes.done[0] if passes.done else {"base": {}, "rows": [{}] * n, "times": [{}] * n, "same": [0] * n}
+    base = SpecStats(**first["base"])
+    rows = [SpecStats(**r) for r in first["rows"]]  # per variant: acceptance counts, row by row
+    times = [SpecStats(**t) for t in first["times"]]  # per variant: batched calls and their times
+    same = list(first["same"])
+    start = len(passes.done)
+    warm = prompts[: cfg.warmup] if start < cfg.passes else []  # one untimed batch (nothing left to time: none)
     if warm:
         autoregressive_generate_batch(target, warm, **kw, seed=cfg.seed)
         for d, g in variants:
             speculative_generate_batch(target, d, warm, gamma=g, **kw, seed=cfg.seed)
-    base = SpecStats()
-    rows = [SpecStats() for _ in variants]  # per variant: acceptance counts, row by row
-    times = [SpecStats() for _ in variants]  # per variant: batched calls and their times
-    same = [0 for _ in variants]
-    base_rates: list[float] = []
-    spec_rates: list[list[float]] = [[] for _ in variants]
-    with _bar(len(batches) * cfg.passes, progress, "speculate (batched)") as bar:
-        for p in range(cfg.passes):
-            tokens, seconds = [0] * (1 + len(variants)), [0.0] * (1 + len(variants))
+    with _bar(len(batches) * cfg.passes, progress, "speculate (batched)", initial=len(batches) * start) as bar:
+        for p in range(start, cfg.passes):
+            tokens, seconds = [0] * (1 + n), [0.0] * (1 + n)
             for j, chunk in enumerate(batches):
                 b = autoregressive_generate_batch(target, chunk, **kw, seed=cfg.seed + j)
                 runs = [speculative_generate_batch(target, d, chunk, gamma=g, lenience=cfg.lenience, **kw,
@@ -304,8 +360,13 @@ def _run_seqkd_batched(cfg: SpeculateConfig, variants: list[tuple[Any, int]], ta
                 bar.update()
                 bar.set_postfix(accept=f"{rows[-1].acceptance_rate:.2f}", tau=f"{rows[-1].block_efficiency:.2f}")
             base_rates.append(tokens[0] / seconds[0] if seconds[0] else 0.0)
-            for k in range(len(variants)):
+            for k in range(n):
                 spec_rates[k].append(tokens[k + 1] / seconds[k + 1] if seconds[k + 1] else 0.0)
+            rec: dict[str, Any] = {"base_rate": base_rates[-1], "spec_rates": [r[-1] for r in spec_rates]}
+            if p == 0:
+                rec.update(base=dataclasses.asdict(base), rows=[dataclasses.asdict(r) for r in rows],
+                           times=[dataclasses.asdict(t) for t in times], same=same)
+            passes.record(rec)
     reports = []
     for k, (_, g) in enumerate(variants):
         out = rows[k].summary(baseline=base, gamma=g, times=times[k])
@@ -360,10 +421,11 @@ class _CallCounter:
 
 
 def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, prompts: list[torch.Tensor],
-            progress: bool) -> list[dict[str, Any]]:
+            progress: bool, passes: PassLog) -> list[dict[str, Any]]:
     """transformers assisted generation (``assistant_model=draft``) with each of ``variants`` ((draft, gamma) pairs)
-    vs plain ``generate``, interleaved prompt by prompt (one ``generate`` baseline for every variant); one report per
-    variant. Acceptance is counted from forward calls: each target call emits its accepted run plus one token."""
+    vs plain ``generate``, interleaved prompt by prompt (one ``generate`` baseline for every variant), over
+    ``cfg.passes`` passes (those ``passes`` already holds are not redone); one report per variant. Acceptance is
+    counted from forward calls: each target call emits its accepted run plus one token."""
     for d, _ in variants:  # each draft's generation config (the keywords are the same for every draft)
         gen_kw = _hf_settings(cfg, d)
 
@@ -375,18 +437,21 @@ def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, promp
         return _hf_generate(target, ids, gen_kw, seed, d)
 
     n = len(variants)
-    for ids in prompts[: cfg.warmup]:
+    start = len(passes.done)
+    for ids in prompts[: cfg.warmup] if start < cfg.passes else []:  # (nothing left to time: no warm-up)
         run(ids, None, cfg.seed)
         for k in range(n):
             run(ids, k, cfg.seed)
-    base_rates: list[float] = []
-    spec_rates: list[list[float]] = [[] for _ in variants]
+    base_rates: list[float] = [rec["base_rate"] for rec in passes.done]
+    spec_rates: list[list[float]] = [[rec["spec_rates"][k] for rec in passes.done] for k in range(n)]
     tc, dcs = _CallCounter(target), {d: _CallCounter(d) for d, _ in variants}
     # counted on the first pass (every pass decodes the same tokens), per variant
-    drafted, target_calls, spec_tok = [0] * n, [0] * n, [0] * n
+    first = passes.done[0]["counts"] if passes.done else {"drafted": [0] * n, "target_calls": [0] * n,
+                                                          "generated": [0] * n}
+    drafted, target_calls, spec_tok = list(first["drafted"]), list(first["target_calls"]), list(first["generated"])
     try:
-        with _bar(len(prompts) * cfg.passes, progress, "speculate (hf)") as bar:
-            for p in range(cfg.passes):
+        with _bar(len(prompts) * cfg.passes, progress, "speculate (hf)", initial=len(prompts) * start) as bar:
+            for p in range(start, cfg.passes):
                 base_tok, base_s = 0, 0.0
                 pass_tok, spec_s = [0] * n, [0.0] * n
                 for i, ids in enumerate(prompts):
@@ -405,6 +470,10 @@ def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, promp
                 base_rates.append(base_tok / base_s if base_s else 0.0)
                 for k in range(n):
                     spec_rates[k].append(pass_tok[k] / spec_s[k] if spec_s[k] else 0.0)
+                rec: dict[str, Any] = {"base_rate": base_rates[-1], "spec_rates": [r[-1] for r in spec_rates]}
+                if p == 0:
+                    rec["counts"] = {"drafted": drafted, "target_calls": target_calls, "generated": spec_tok}
+                passes.record(rec)
     finally:
         tc.remove()
         for dc in dcs.values():

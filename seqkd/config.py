@@ -1001,11 +1001,19 @@ class AlignConfig:
     seed: int = _help("Seed of training and measurement.", default=0)
     device: str = _help("cpu or cuda for the acceptance measurement (training uses the Trainer's device).",
                         default="cpu")
+    save_steps: int = _help("Checkpoint every N optimizer steps (the newest kept), so --resume can continue a killed "
+                            "alignment; 0 = only at the end.", default=50)
+    resume: bool = _help("Continue a killed alignment: each training run (AdaSPEC's reference, then the draft) from "
+                         "its newest complete checkpoint, exactly (optimizer, schedule, RNG, on-policy draws), or "
+                         "from the start where it has none; a target corpus (--data target / mixed) from its finished "
+                         "chunks. The acceptance before training is measured again.", default=False)
     overwrite: bool = _help("Replace an existing --out.", default=False)
     progress: bool = _help("Show progress bars.", default=True)
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.resume and self.overwrite:
+            raise SeqkdError("--resume and --overwrite contradict each other")
         if bool(self.prompts) == bool(self.dataset):
             raise SeqkdError("give either --prompts FILE or --dataset NAME")
         if self.data == "fixed" and not (self.references or self.dataset):
@@ -1014,5 +1022,5 @@ class AlignConfig:
             raise SeqkdError(f"--select-fraction must be in (0, 1], got {self.select_fraction}")
         _in_unit(self, "mixed_lambda", "jsd_beta")
         _at_least(self, 1, "max_steps", "eval_size", "eval_gamma", "max_new_tokens", "max_tokens", "limit")
-        _at_least(self, 0, "eval_temperature", "warmup_steps", "temperature")
+        _at_least(self, 0, "eval_temperature", "warmup_steps", "temperature", "save_steps")
         _positive(self, "lr")

@@ -173,3 +173,59 @@ def test_align_refuses_to_overwrite_the_draft_or_an_earlier_run(tiny_lm_model, d
     with pytest.raises(SeqkdError, match="not empty.*--overwrite"):
         align(AlignConfig(out=str(used), **kw))
     assert (used / "notes.txt").read_text() == "mine" and (draft_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("data", ["on-policy", "target"])
+def test_a_killed_alignment_resumes_to_the_draft_of_an_uninterrupted_run(tiny_lm_model, draft_dir, prompt_files,
+                                                                          tmp_path, monkeypatch, data):
+    """--resume (what a recipe's align stage does after a kill): an alignment killed after its checkpoint at step 3 of
+    6 continues from it and ends with exactly the draft of an uninterrupted run (optimizer, schedule, RNG and the
+    draft's on-policy samples restored); a finished target corpus is reused, not decoded again."""
+    from transformers import Trainer
+
+    from seqkd.pipeline.jobs import runner_fields
+    from seqkd.speculative.align import AlignConfig, align
+
+    kw = dict(target=str(tiny_lm_model), draft=str(draft_dir), prompts=str(prompt_files[0]),
+              eval_prompts=str(prompt_files[1]), eval_size=4, data=data, temperature=1.0, max_steps=6, save_steps=3,
+              lr=3e-3, warmup_steps=2, max_tokens=512, max_new_tokens=12, limit=96, progress=False)
+    whole = align(AlignConfig(out=str(tmp_path / "whole"), **kw))
+
+    class Killed(Exception):
+        pass
+
+    real = Trainer._save_checkpoint
+
+    def save_then_die(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.state.global_step == 3:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        align(AlignConfig(out=str(out), **kw))
+    monkeypatch.undo()
+    assert (out / "checkpoint-3").is_dir() and not (out / "align.json").exists()
+    with pytest.raises(SeqkdError, match="--resume to continue it"):
+        align(AlignConfig(out=str(out), **kw))
+    chunks = {p: p.stat().st_mtime_ns for p in tmp_path.glob("killed-work/target_corpus/*/chunk-*.jsonl")}
+    assert len(chunks) == (data == "target")
+    starts, train = [], Trainer.train
+
+    def spy(self, *args, **kwargs):
+        starts.append(kwargs.get("resume_from_checkpoint"))
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", spy)
+    resumed = align(AlignConfig(out=str(out), resume=True, **kw))
+    assert starts == [str(out / "checkpoint-3")]  # from the checkpoint, not from the start
+    assert {p: p.stat().st_mtime_ns for p in chunks} == chunks  # the corpus's finished chunk, not decoded again
+    assert resumed["train"]["steps"] == whole["train"]["steps"] == 6
+    a, b = load_model(tmp_path / "whole"), load_model(out)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert resumed["after"]["acceptance_rate"] == whole["after"]["acceptance_rate"]
+    with pytest.raises(SeqkdError, match="--resume and --overwrite"):
+        AlignConfig(out=str(out), resume=True, overwrite=True, **kw)
+    assert runner_fields("align", False, False) == {"resume": True, "overwrite": False, "progress": False}

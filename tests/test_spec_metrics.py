@@ -334,4 +334,4 @@ def test_a_killed_timing_run_resumes_from_its_last_finished_pass(tiny_lm_model, 
     assert len(recorded) == 3 and not kept.exists()
     with pytest.raises(SeqkdError, match="--resume continues from the passes kept beside --out"):
         SpeculateConfig(target="t", draft="d", input="p", resume=True)
-    assert runner_fields("speculate", False, False)["resume"] and not runner_fields("align", False, False)["resume"]
+    assert runner_fields("speculate", False, False)["resume"] and not runner_fields("evaluate", False, False)["resume"]

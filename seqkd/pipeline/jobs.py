@@ -201,11 +201,13 @@ SWEEP_RUNNERS: dict[tuple[str, str], Callable[[list], list[dict[str, Any]]]] = {
 }
 # runner-set fields (seqkd.pipeline.recipe.RUNNER_FIELDS) for a stage whose directory holds a killed run's files:
 # training resumes from its checkpoint (or starts over before the first one); a corpus resumes by itself (chunks);
-# speculative timing from its last finished pass (seqkd and hf engines); the rest start over (their outputs are
-# written whole: a partial one is never taken for a finished one)
+# an alignment from its trainings' checkpoints; speculative timing from its last finished pass (seqkd and hf
+# engines); the rest start over (their outputs are written whole: a partial one is never taken for a finished one)
 def runner_fields(job: str, partial_checkpoint: bool, progress: bool) -> dict[str, Any]:
     if job in ("train", "distill"):
         return {"resume": partial_checkpoint, "overwrite": not partial_checkpoint, "progress": progress}
     if job == "generate":
         return {"overwrite": False}
+    if job == "align":  # (each of its trainings resumes where it has a checkpoint, and starts where it has none)
+        return {"resume": True, "overwrite": False, "progress": progress}
     return {"overwrite": True, "force": True, "progress": progress, "resume": job == "speculate"}

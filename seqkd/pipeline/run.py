@@ -15,9 +15,9 @@ reads it; stages it does not reach keep theirs. Directories are kept per key, so
 finds its stages finished.
 
 **Faults.** ``stage.json`` is written (atomically) after the job returns, so a directory without it is never taken for
-a finished stage. A killed run resumes inside the stage where the job can: training from its last checkpoint, a
-corpus from its finished chunks (both exact), speculative timing from its last finished pass; other jobs start the
-stage over.
+a finished stage. A killed run resumes inside the stage where the job can: training and alignment from their last
+checkpoint, a corpus from its finished chunks (all exact), speculative timing from its last finished pass; other jobs
+start the stage over.
 
 **Side by side** (``--jobs N``): training and file stages whose inputs are finished run up to N at a time, each in a
 worker process (:mod:`seqkd.pipeline.worker`) with 1/N of the cores; stages that time decoding or take every core run

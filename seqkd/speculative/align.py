@@ -28,7 +28,7 @@ import torch
 
 from seqkd.config import AlignConfig, DistillConfig, SpeculateConfig, as_dict
 from seqkd.errors import SeqkdError
-from seqkd.io import atomic_write_json, atomic_write_lines
+from seqkd.io import atomic_write_json, atomic_write_lines, latest_checkpoint
 from seqkd.student.distill import DistillTrainer, distill_trainer
 from seqkd.student.setup import run_training
 
@@ -143,7 +143,7 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
         DecodeSettings(mode="greedy", max_new_tokens=cfg.max_new_tokens)
     exs = [Example(id=i, source=s, target=None) for i, s in enumerate(prompts)]
     generate_corpus(engine, exs, work / "target_corpus", settings, chunk_size=512, progress=cfg.progress,
-                    overwrite=cfg.overwrite)
+                    overwrite=cfg.overwrite and not cfg.resume)
     engine.close()
     out = work / "target.jsonl"
     write_training_data(select(read_corpus(work / "target_corpus"), "top"), out)
@@ -151,15 +151,18 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
 
 
 def _distill_config(cfg: AlignConfig, train_file: Path, out: Path) -> DistillConfig:
-    """The DistillTrainer run: divergence only (kd_weight 1), target online, no CE, no validation."""
+    """The DistillTrainer run: divergence only (kd_weight 1), target online, no CE, no validation (its eval steps
+    only checkpoint). ``--resume``: from ``out``'s newest complete checkpoint where it has one, else from the start."""
     lam = {"on-policy": 1.0, "mixed": cfg.mixed_lambda}.get(cfg.data, 0.0)
+    resume = cfg.resume and latest_checkpoint(out) is not None
     return DistillConfig(
         out=str(out), model=cfg.draft, teacher=cfg.target, train_source=str(train_file), kd_mode="online",
         kd_weight=1.0, divergence=cfg.divergence, jsd_beta=cfg.jsd_beta, onpolicy_lambda=lam,
         onpolicy_temperature=cfg.temperature, onpolicy_max_new_tokens=cfg.max_new_tokens, max_steps=cfg.max_steps,
         lr=cfg.lr, warmup_steps=min(cfg.warmup_steps, cfg.max_steps), max_tokens=cfg.max_tokens,
-        eval_steps=0, bleu_samples=0, label_smoothing=0.0, logging_steps=max(1, cfg.max_steps // 10),
-        seed=cfg.seed, overwrite=True, progress=cfg.progress, save_total_limit=1, prompt_format=cfg.prompt_format,
+        eval_steps=min(cfg.save_steps, cfg.max_steps), bleu_samples=0, label_smoothing=0.0,
+        logging_steps=max(1, cfg.max_steps // 10), seed=cfg.seed, resume=resume, overwrite=not resume,
+        progress=cfg.progress, save_total_limit=1, prompt_format=cfg.prompt_format,
     )
 
 
@@ -182,8 +185,9 @@ def align(cfg: AlignConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if out.resolve() in (Path(cfg.draft).resolve(), Path(cfg.target).resolve()):
         raise SeqkdError(f"--out {out} is the draft or target directory itself: choose a new directory")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise SeqkdError(f"{out} is not empty (an earlier alignment?): use --overwrite to replace it")
+    if out.exists() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise SeqkdError(f"{out} is not empty (an earlier alignment?): use --resume to continue it or --overwrite to "
+                         "replace it")
     refuse_training(cfg.draft, "seqkd align")
     tokenizers = check_pair(cfg.target, cfg.draft)
     prompts, refs, evals = _texts(cfg)

@@ -246,7 +246,7 @@ def _prompts_of_every_path(model_dir, style, texts, limit, tmp_path, monkeypatch
     if limit == DEFAULT_MAX_SOURCE_LEN:
         spec: list[list[int]] = []
 
-        def fake_run(cfg, variants, target, prompts, progress):
+        def fake_run(cfg, variants, target, prompts, progress, passes):
             spec.extend(p[0].tolist() for p in prompts)
             return [{} for _ in variants]
 

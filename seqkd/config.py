@@ -863,9 +863,9 @@ class SpeculateConfig:
     out: str | None = _help("Write the report (JSON) here.", default=None)
     resume: bool = _help(
         "Continue a killed run from its last finished pass (seqkd and hf engines): each finished pass is kept beside "
-        "--out (report.json -> report.passes.json) until the report is written, and a rerun with the same settings, "
-        "prompts and models warms up again and times only the passes left. vLLM measures every pass in one engine: "
-        "it starts over.", default=False)
+        "--out (report.json -> report.passes.json), and a rerun with the same settings, prompts and models warms up "
+        "again and times only the passes left (none after a finished run: its report is rebuilt). vLLM measures "
+        "every pass in one engine: it starts over.", default=False)
 
     def __post_init__(self) -> None:
         check_choices(self)

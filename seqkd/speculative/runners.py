@@ -31,8 +31,10 @@ class PassLog:
     first config's ``out``, so that a killed run rerun with ``resume`` continues with the next pass: a sweep on a CPU
     times for hours, and a pass is minutes of it. Each runner stores what it needs to rebuild its state (the rates of
     the pass; the first pass also the acceptance counts, which every pass repeats). The file is used only if it was
-    written for the same configs, prompt ids and model files (else the run starts over) and goes when the reports are
-    written. A resumed process warms up again before timing, so its passes are as comparable as one process's."""
+    written for the same configs, prompt ids and model files (else the run starts over). It stays after the reports:
+    a rerun with ``resume`` then times nothing and rebuilds the same reports (a recipe's sweep measured value by value,
+    killed in a later value, redoes none of the finished ones). A resumed process warms up again before timing, so its
+    passes are as comparable as one process's."""
 
     def __init__(self, cfgs: list[SpeculateConfig], prompt_ids: list[torch.Tensor], models: list[str]):
         out = cfgs[0].out
@@ -56,11 +58,6 @@ class PassLog:
         self.done.append(rec)
         if self.path is not None:
             atomic_write_json(self.path, {"key": self.key, "passes": self.done})
-
-    def finish(self) -> None:
-        """The reports are written: the kept passes are no longer needed."""
-        if self.path is not None and self.path.is_file():
-            self.path.unlink()
 
 
 def check_pair(target_dir: str, draft_dir: str):
@@ -158,7 +155,6 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
         for path in dict.fromkeys(c.draft for c in cfgs):
             src_tok, tgt_tok = check_pair(cfg.target, path)
     params: list[dict[str, int]] | None = None
-    passes: PassLog | None = None  # (vLLM times every pass in one engine: nothing to resume)
     if cfg.engine == "vllm":
         from seqkd.speculative.vllm_runner import vllm_speculate
 
@@ -215,8 +211,6 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
             report["target_only_shared_with"] = [{"draft": x.draft, "gamma": x.gamma} for x in cfgs]
         if c.out:
             atomic_write_json(c.out, report)
-    if passes is not None:
-        passes.finish()
     return reports
 
 

@@ -288,3 +288,17 @@ def test_cli_trains_for_epochs_and_says_why_it_stopped(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0
     said = capsys.readouterr().out
     assert f"already finished ({summary['steps']} steps, --epochs 0.5)" in said
+
+
+def test_without_a_progress_bar_each_logged_step_and_evaluation_is_one_line(tmp_path, capsys):
+    """--no-progress (a log file, a recipe's stage): a line per logging step (step, loss, tokens/s, minutes) and one
+    per evaluation, so a long run shows where it is."""
+    summary = train(_cfg(tmp_path, "lines", logging_steps=4))
+    out = capsys.readouterr().out
+    steps = [line for line in out.splitlines() if line.startswith("step ") and ": loss " in line]
+    assert [line.split(":")[0] for line in steps] == ["step 4/12", "step 8/12", "step 12/12"]
+    assert all("tokens/s" in line and line.endswith(" min") for line in steps[1:])
+    evals = [line for line in out.splitlines() if ": val loss " in line]
+    assert [line.split(":")[0] for line in evals] == ["step 6", "step 12"]
+    assert f"BLEU {summary['evaluations'][-1]['eval_bleu']:.2f}" in evals[-1]
+

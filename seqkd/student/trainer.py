@@ -212,13 +212,32 @@ class _Progress(TrainerCallback):
                 post["tok/s"] = f"{logs['tokens_per_s']:.0f}"
             self.bar.set_postfix(post)
         if "eval_loss" in logs:
-            bleu = f"  BLEU {logs['eval_bleu']:.2f}" if "eval_bleu" in logs else ""
-            self.bar.write(f"step {state.global_step}: val loss {logs['eval_loss']:.3f}{bleu}")
+            self.bar.write(_eval_line(state, logs))
 
     def on_train_end(self, args, state, control, **kw):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _eval_line(state, logs: dict[str, float]) -> str:
+    bleu = f"  BLEU {logs['eval_bleu']:.2f}" if "eval_bleu" in logs else ""
+    return f"step {state.global_step}: val loss {logs['eval_loss']:.3f}{bleu}"
+
+
+class _LogLines(TrainerCallback):
+    """Without a progress bar (``--no-progress``: a log file, a recipe's stage): one line per logged step and one per
+    evaluation, so a run of hours shows where it is."""
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            rate = f", {logs['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in logs else ""
+            print(f"step {state.global_step}/{state.max_steps}: loss {logs['loss']:.4f}{rate}, "
+                  f"{logs.get('wall_seconds', 0.0) / 60:.1f} min", flush=True)
+        if "eval_loss" in logs:
+            print(_eval_line(state, logs), flush=True)
 
 
 class _TimeBudget(TrainerCallback):
@@ -370,8 +389,7 @@ def make_trainer(cfg: TrainConfig, model, src_tok, tgt_tok, train_ex, valid, *, 
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)  # our _Progress prints what matters
-    if cfg.progress:
-        trainer.add_callback(_Progress())
+    trainer.add_callback(_Progress() if cfg.progress else _LogLines())
     if cfg.max_minutes is not None:
         trainer.add_callback(_TimeBudget(cfg.max_minutes))
     if cfg.patience:

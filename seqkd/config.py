@@ -969,6 +969,10 @@ class AlignConfig:
                      "Generated data and the AdaSPEC reference draft go to OUT-work beside it.")
     prompts: str | None = _help("Prompt file (one prompt / source per line).", default=None)
     references: str | None = _help("Targets aligned with --prompts (needed for --data fixed).", default=None)
+    target_corpus: str | None = _help(
+        "Instead of --prompts, for --data target / mixed: the target's outputs already decoded (a `seqkd select` "
+        "JSONL, e.g. of a vLLM corpus) at the alignment's --temperature (greedy for a T=0 draft), trained on as they "
+        "are (the target's token ids) instead of decoding the prompts again with HF.", default=None)
     dataset: str | None = _help("Instead of --prompts: a registered parallel dataset (its train sources are the "
                                 "prompts, its references the fixed data, its val split the evaluation prompts).",
                                 default=None)
@@ -1014,8 +1018,12 @@ class AlignConfig:
         check_choices(self)
         if self.resume and self.overwrite:
             raise SeqkdError("--resume and --overwrite contradict each other")
-        if bool(self.prompts) == bool(self.dataset):
-            raise SeqkdError("give either --prompts FILE or --dataset NAME")
+        if sum(bool(x) for x in (self.prompts, self.dataset, self.target_corpus)) != 1:
+            raise SeqkdError("give one of --prompts FILE, --dataset NAME or --target-corpus FILE")
+        if self.target_corpus and self.data not in ("target", "mixed"):
+            raise SeqkdError("--target-corpus holds the target's outputs: use it with --data target or mixed")
+        if self.target_corpus and not self.eval_prompts:
+            raise SeqkdError("--target-corpus: give --eval-prompts FILE, prompts held out of the corpus")
         if self.data == "fixed" and not (self.references or self.dataset):
             raise SeqkdError("--data fixed trains on references: give --references FILE (or --dataset NAME)")
         if not 0 < self.select_fraction <= 1:

@@ -153,7 +153,7 @@ def test_adaspec_selects_the_asked_fraction(tiny_lm_model, draft_dir, prompt_fil
 def test_align_config_errors():
     from seqkd.speculative.align import AlignConfig
 
-    with pytest.raises(SeqkdError, match="either --prompts"):
+    with pytest.raises(SeqkdError, match="one of --prompts"):
         AlignConfig(target="t", draft="d", out="o")
     with pytest.raises(SeqkdError, match="--references"):
         AlignConfig(target="t", draft="d", out="o", prompts="p", data="fixed")
@@ -229,3 +229,26 @@ def test_a_killed_alignment_resumes_to_the_draft_of_an_uninterrupted_run(tiny_lm
     with pytest.raises(SeqkdError, match="--resume and --overwrite"):
         AlignConfig(out=str(out), resume=True, overwrite=True, **kw)
     assert runner_fields("align", False, False) == {"resume": True, "overwrite": False, "progress": False}
+
+
+def test_a_target_corpus_decoded_elsewhere_trains_the_draft_that_decoding_it_here_would(tiny_lm_model, draft_dir,
+                                                                                       prompt_files, tmp_path):
+    """--target-corpus (e.g. a vLLM corpus's selection): the target's outputs used as they are; given the pairs that
+    --data target decodes with HF, it trains exactly the same draft, and nothing is decoded."""
+    from seqkd.speculative.align import AlignConfig, align
+
+    kw = dict(target=str(tiny_lm_model), draft=str(draft_dir), eval_prompts=str(prompt_files[1]), eval_size=4,
+              data="target", temperature=0.0, eval_temperature=0.0, max_steps=6, lr=3e-3, warmup_steps=2,
+              max_tokens=512, max_new_tokens=12, limit=32, progress=False)
+    here = align(AlignConfig(out=str(tmp_path / "here"), prompts=str(prompt_files[0]), **kw))
+    corpus = tmp_path / "here-work" / "target.jsonl"
+    given = align(AlignConfig(out=str(tmp_path / "given"), target_corpus=str(corpus), **kw))
+    assert not (tmp_path / "given-work" / "target_corpus").exists()  # nothing decoded
+    assert given["train_prompts"] == here["train_prompts"] == 32
+    a, b = load_model(tmp_path / "here"), load_model(tmp_path / "given")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+    for bad, msg in [(dict(prompts="p"), "one of --prompts"), (dict(data="on-policy"), "--data target or mixed"),
+                     (dict(eval_prompts=None), "--eval-prompts")]:
+        with pytest.raises(SeqkdError, match=msg):
+            AlignConfig(out="o", **(kw | dict(target_corpus=str(corpus)) | bad))

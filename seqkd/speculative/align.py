@@ -30,7 +30,7 @@ from seqkd.config import AlignConfig, DistillConfig, SpeculateConfig, as_dict
 from seqkd.errors import SeqkdError
 from seqkd.io import atomic_write_json, atomic_write_lines, latest_checkpoint
 from seqkd.student.distill import DistillTrainer, distill_trainer
-from seqkd.student.setup import run_training
+from seqkd.student.setup import read_selection, run_training
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ def _texts(cfg: AlignConfig) -> tuple[list[str], list[str] | None, list[str]]:
     from seqkd.data.files import read_lines
     from seqkd.data.registry import load_parallel
 
-    if cfg.dataset:
+    if cfg.target_corpus:  # (its records are the training file: here only its sources count)
+        prompts, refs, evals = [r["source"] for r in read_selection(cfg.target_corpus)], None, None
+    elif cfg.dataset:
         prompts, refs = load_parallel(cfg.dataset, "train")
         evals = load_parallel(cfg.dataset, "val")[0]
     else:
@@ -128,6 +130,10 @@ def _training_file(cfg: AlignConfig, prompts: list[str], refs: list[str] | None,
     """The DistillTrainer's data: target samples (target / mixed), references (fixed), or prompts (on-policy)."""
     if cfg.data == "fixed":
         return _write_pairs(work / "fixed.jsonl", prompts, refs)
+    if cfg.target_corpus:  # decoded already: its first (--limit) records verbatim (the target's exact token ids)
+        rows = read_selection(cfg.target_corpus)[: len(prompts)]
+        atomic_write_lines(work / "target.jsonl", (json.dumps(r, ensure_ascii=False) for r in rows))
+        return work / "target.jsonl"
     if cfg.data == "on-policy":
         # every batch is replaced by draft samples, so the targets here only size the batches (token budget):
         # the references where there are some, else the prompt itself as a stand-in of a continuation's length

@@ -314,7 +314,10 @@ def _string_to_bool(v) -> bool:
         return True
     if v.lower() in ("no", "false", "f", "n", "0"):
         return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
+    hint = ""
+    if "=" in v:  # `--dry-run a.b=1`: a bare true/false flag takes the next word as its value (as HfArgumentParser)
+        hint = ": a true/false flag reads the word after it; put KEY=VALUE settings before it, or write FLAG true"
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}{hint}")
 
 
 def _choice_type(choices: tuple) -> Callable[[str], Any]:

@@ -239,6 +239,7 @@ def test_an_input_file_change_reruns_the_stage(fake, tmp_path):
     (["run", "synthetic", "--from", "nosuch", "--dry-run"], "--from nosuch: no such stage"),
     (["run", "synthetic", "--from", "teacher", "--only", "data"], "contradict"),
     (["run", "synthetic", "--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["run", "synthetic", "--dry-run", "teacher.max_steps=3"], "put KEY=VALUE settings before it"),
 ])
 def test_bad_input_is_one_line(capsys, args, needle):
     assert main(args) == 2

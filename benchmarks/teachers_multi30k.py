@@ -80,10 +80,12 @@ def main(argv=None) -> None:
     for r in report["models"]["rows"]:
         by.setdefault(r["model"], {})[r["beam_size"]] = r
     lines = ["# teachers_multi30k: several teachers, a teacher assistant, internals transfer (Multi30k de->en)", "",
-             "The `multi30k-teachers` recipe (`seqkd run multi30k-teachers`): students `marian-student-small`, at most "
-             "30 epochs, early stopping on validation BLEU with patience 3, the best validation checkpoint scored; "
-             f"test_2016_flickr ({next(iter(by.values()))[1]['sentences']} sentences)"
-             + (f"; overrides: `{' '.join(a.overrides)}`" if a.overrides else "") + ".", "",
+             "The `multi30k-teachers` recipe (`seqkd run multi30k-teachers`): students `marian-student-small`, "
+             "validated on val BLEU (500 sentences, greedy) every 250 steps, the best validation checkpoint scored; "
+             "the recipe trains them for at most 30 epochs with early stopping (patience 3)"
+             + (f", here with the overrides `{' '.join(a.overrides)}` (the table says how long each trained and why "
+                "it stopped)" if a.overrides else "")
+             + f"; test_2016_flickr ({next(iter(by.values()))[1]['sentences']} sentences).", "",
              "| model | params | epochs run (best step; why it stopped) | val BLEU | BLEU greedy | BLEU beam 5 | "
              "chrF beam 5 |", "|---|---|---|---:|---:|---:|---:|"]
     for name, (what, stage) in ROWS.items():

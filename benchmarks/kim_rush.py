@@ -25,6 +25,8 @@ from pathlib import Path
 
 import common
 
+from seqkd.pipeline.report import gamma_chosen_on_val, speculative_tables
+
 ROOT = Path(__file__).resolve().parents[1]
 # Kim & Rush's rows: the recipe's evaluate name -> (its training stage, training data, word-level loss)
 ROWS = {
@@ -67,6 +69,7 @@ def table(report: dict) -> tuple[list[dict], dict[str, dict[int, dict]]]:
                      "best_step": t.get("best_step"),
                      "best_epoch": t["best_step"] / per_epoch if per_epoch and t.get("best_step") is not None else None,
                      "stop_reason": t.get("stop_reason"), "val_bleu": t.get("best_metric"),
+                     "train_examples": (t.get("data") or {}).get("train_examples"),
                      "minutes": t["seconds"] / 60, "train_tokens_per_s": t.get("train_tokens_per_s"),
                      "curve": [(e["epoch"], e["eval_bleu"]) for e in t.get("evaluations", []) if "eval_bleu" in e],
                      "test": {b: {"bleu": s["bleu"], "chrf": s["chrf"]} for b, s in scores[name].items()}})
@@ -107,29 +110,64 @@ def render(rows: list[dict], scores: dict, report: dict, overrides: list[str]) -
     first = next(iter(scores.values()))
     lines = ["# kim_rush: Kim & Rush (2016) on Multi30k de->en (`seqkd run multi30k-de-en`)", "",
              f"Test set: {first[1]['sentences']} sentences"
-             + (f"; recipe overrides: `{' '.join(overrides)}`" if overrides else " (test_2016_flickr)")
-             + ". Students `marian-student-small`, each at most 30 epochs over its own training data, stopped when "
-             "validation BLEU (500 val sentences, greedy) has not improved for 3 evaluations; the best validation "
-             "checkpoint is scored. BLEU / chrF: sacrebleu.", "",
-             "| model | training data | loss | params (outside emb.) | epochs run (best; why it stopped) | val BLEU | "
-             "BLEU greedy | BLEU beam 5 | chrF greedy | chrF beam 5 |",
+             + (" (test_2016_flickr)" if not any(o.startswith("evaluate.") for o in overrides) else "")
+             + ". Students `marian-student-small`, validated on val BLEU (500 sentences, greedy) every 250 steps, the "
+             "best validation checkpoint scored; the recipe trains each for at most 30 epochs over its own training "
+             "data with early stopping (patience 3)"
+             + (f", here with the overrides `{' '.join(overrides)}` (the table says how long each trained, on how "
+                "many training pairs, and why it stopped)" if overrides else "")
+             + ". BLEU / chrF: sacrebleu.", "",
+             "| model | training data (pairs) | loss | params (outside emb.) | epochs run (best; why it stopped) | "
+             "val BLEU | BLEU greedy | BLEU beam 5 | chrF greedy | chrF beam 5 |",
              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ep = (f"{r['epochs']:.1f} ({r['best_epoch']:.1f}; {r['stop_reason']})" if r["epochs"] is not None
               and r["best_epoch"] is not None else "-")
         val = f"{r['val_bleu']:.2f}" if r["val_bleu"] is not None else "-"
-        lines.append(f"| {r['model']} | {r['data']} | {r['loss']} | {r['parameters'] / 1e6:.2f}M "
+        pairs = f" ({r['train_examples']:,})" if r.get("train_examples") else ""
+        lines.append(f"| {r['model']} | {r['data']}{pairs} | {r['loss']} | {r['parameters'] / 1e6:.2f}M "
                      f"({r['non_embedding_parameters'] / 1e6:.2f}M) | {ep} | {val} | {r['test'][1]['bleu']:.2f} | "
                      f"{r['test'][5]['bleu']:.2f} | {r['test'][1]['chrf']:.2f} | {r['test'][5]['chrf']:.2f} |")
     if "seq-kd-ct2-int8" in scores:
         s = scores["seq-kd-ct2-int8"]
         lines += ["", f"The seq-KD student exported to CTranslate2 int8: {s[1]['bleu']:.2f} greedy, {s[5]['bleu']:.2f} "
                       "beam 5 (speed in every engine: `benchmarks/cpu_speed.py`, run by `--speed`)."]
-    lines += ["", "## Targets (issue 13)", "", *targets(rows), "",
+    lines += ["", "## Targets (issue 13)", "", *targets(rows), "", *distillspec(report),
               f"BLEU signature: `{first[1]['bleu_signature']}`", "",
               "Training minutes: " + ", ".join(f"{r['model']} {r['minutes']:.0f}" for r in rows)
               + f"; the recipe's stages: {sum(s['seconds'] for s in report['stages'].values()) / 60:.0f} min."]
     return "\n".join(lines)
+
+
+def distillspec(report: dict) -> list[str]:
+    """The DistillSpec half of the recipe: the seq-KD student as the teacher's greedy draft before and after its
+    on-policy alignment, every speculate row (acceptance, tokens per call, c, v, speedup with its min-max, bound,
+    prediction), and the gamma chosen on the validation prompts with the test prompts' speedup at it."""
+    drafts = report.get("drafts") or {}
+    spec = drafts.get("speculate") or {}
+    if not spec:
+        return []
+    lines = ["## DistillSpec: the seq-KD student as the teacher's draft", ""]
+    for name, r in (drafts.get("align") or {}).items():
+        b, a = r["before"], r["after"]
+        lines += [f"Alignment ({name}, its own validation prompts at gamma {b['gamma']}): acceptance rate "
+                  f"{b['acceptance_rate']:.3f} -> {a['acceptance_rate']:.3f}, tokens per target call "
+                  f"{b['block_efficiency']:.2f} -> {a['block_efficiency']:.2f}.", ""]
+    (headers, rows), _ = speculative_tables(spec)
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+              *["| " + " | ".join(row) + " |" for row in rows], ""]
+    lines += [*gamma_chosen_on_val(spec)]
+    unaligned, aligned = spec.get("speculate-unaligned"), spec.get("speculate-aligned")
+    if unaligned and aligned:
+        by = {r["gamma"]: r for r in unaligned}
+        lines += [f"Aligned / unaligned speedup on the test prompts at gamma {r['gamma']}: {r['speedup']:.2f}x / "
+                  f"{by[r['gamma']]['speedup']:.2f}x = {r['speedup'] / by[r['gamma']]['speedup']:.2f} (each over its "
+                  f"own interleaved target-only baseline: {r['target_only_tokens_per_s']:.1f} and "
+                  f"{by[r['gamma']]['target_only_tokens_per_s']:.1f} tokens/s)." for r in aligned if r["gamma"] in by]
+    lines += ["", "Acceptance rate as vLLM defines it (accepted / drafted); tokens per target call and the bound as "
+                  "Leviathan et al. (2023); c = draft step / target step, v = verification call / target step; "
+                  "predicted = tokens per call / (drafted per call x c + v).", ""]
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> bool:

@@ -691,7 +691,11 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     verdicts = kim_rush.targets(rows)
     assert len(verdicts) == 3 and all(("**met**" in v) != ("**missed**" in v) for v in verdicts)
     md = kim_rush.render(rows, scores, report, [])
-    assert md.count("\n| ") == 7 and "CTranslate2 int8" in md  # header + 6 rows
+    kr, spec = md.split("## DistillSpec")
+    assert kr.count("\n| ") == 7 and "CTranslate2 int8" in kr  # header + 6 rows
+    assert spec.count("\n| ") == 1 + 3 * 3  # header + three speculate stages at gammas 2, 4, 6
+    assert "Gamma chosen on the validation prompts (speculate-aligned-val)" in spec
+    assert spec.count("Aligned / unaligned speedup on the test prompts") == 3
 
 
 SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-drafts", "speculate-drafts-t1",

@@ -334,7 +334,7 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[str]:
         lines.append("Greedy BLEU (words/s): " + ", ".join(f"{r['model']} {r['bleu']:.2f} ({r['words_per_s']:,.0f})"
                                                           for r in sorted(greedy, key=lambda r: -r["bleu"])) + ".")
     spec = sections.get("drafts", {}).get("speculate", {})
-    lines += _gamma_chosen_on_val(spec)
+    lines += gamma_chosen_on_val(spec)
     lines += _drafts_compared(spec)
     held_out = {n: rs for n, rs in spec.items() if not n.endswith(VAL_SUFFIX)}
     if held_out:
@@ -351,7 +351,9 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[str]:
 VAL_SUFFIX = "-val"
 
 
-def _gamma_chosen_on_val(spec: dict[str, list[dict]]) -> list[str]:
+def gamma_chosen_on_val(spec: dict[str, list[dict]]) -> list[str]:
+    """One line per stage ``NAME-val`` beside a stage ``NAME``: the gamma with the best speedup on the validation
+    prompts, and the test prompts' speedup and acceptance at that gamma (the test set only reports)."""
     lines = []
     for name, val in spec.items():
         test = spec.get(name[: -len(VAL_SUFFIX)]) if name.endswith(VAL_SUFFIX) else None

@@ -1,7 +1,7 @@
 """Benchmark: translation quality and speed where students are deployed, a CPU — teachers and students in HF
 (PyTorch, float32) and CTranslate2 (float32, int8), batch 1 (latency) and batch 64 (throughput), greedy and beam 5.
 
-    python benchmarks/cpu_speed.py                       # the marian teacher + every distill_multi30k student there
+    python benchmarks/cpu_speed.py                       # the teacher + the students of benchmarks/kim_rush.py's run
     python benchmarks/cpu_speed.py --model teacher=DIR --model student=DIR [--test SRC REF] [--passes 3]
 
 Each engine (hf, ct2-float32, ct2-int8) runs in its own fresh process: PyTorch and CTranslate2 each keep their own
@@ -31,14 +31,18 @@ MODELS = ROOT / "data" / "models"
 WORK = ROOT / "benchmarks" / "work" / "cpu_speed"
 ENGINES = ("hf", "ct2-float32", "ct2-int8")
 SETTINGS = ((64, 1), (64, 5), (1, 1), (1, 5))  # (batch size, beam size)
-STUDENTS = ("baseline", "word-kd", "seq-kd", "seq-kd+word-kd", "seq-inter")
+RECIPE_RUN = ROOT / "benchmarks" / "work" / "recipes" / "multi30k"  # benchmarks/kim_rush.py's run directory
+# the recipe's stage -> the model's name in the tables (Kim & Rush's rows)
+STAGES = {"teacher": "teacher", "student-baseline": "baseline", "student-word-kd": "word-kd",
+          "student-seq-kd": "seq-kd", "student-seq-kd-word-kd": "seq-kd+word-kd", "student-seq-inter": "seq-inter"}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", metavar="NAME=DIR",
                    help="a model to measure (repeatable; the first is the teacher the others are compared with); "
-                        "default: the marian teacher and the distill_multi30k students that exist")
+                        "default: the teacher and the students of the multi30k-de-en recipe's run that "
+                        "benchmarks/kim_rush.py made (those finished)")
     p.add_argument("--test", nargs=2, metavar=("SRC", "REF"), help="default: Multi30k test_2016_flickr de->en")
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--batch1-limit", type=int, default=200, help="sentences decoded one at a time (latency)")
@@ -61,14 +65,16 @@ def models(a) -> dict[str, Path]:
             sys.exit("--model takes NAME=DIR")
         out = {k: Path(v) for k, v in pairs}
     else:
-        out = {"teacher": MODELS / "multi30k-de-en-marian-teacher"}
-        # the students trained so far (a student still training has only checkpoints in its directory)
-        out |= {s: MODELS / "students" / f"multi30k-de-en-{s}" for s in STUDENTS
-                if is_model_dir(MODELS / "students" / f"multi30k-de-en-{s}")}
+        # the stage directories themselves (each named by its stage's key: cpu_speed keeps an export per name);
+        # a stage still training has only checkpoints in its directory
+        out = {name: (RECIPE_RUN / stage).resolve() for stage, name in STAGES.items()
+               if is_model_dir(RECIPE_RUN / stage)}
+        if "teacher" not in out:
+            sys.exit(f"no trained teacher in {common.rel(RECIPE_RUN)}: run benchmarks/kim_rush.py first, or give "
+                     "--model NAME=DIR")
     missing = [str(p) for p in out.values() if not p.is_dir()]
     if missing:
-        sys.exit(f"missing model directories: {', '.join(missing)} (benchmarks/teacher_multi30k.py and "
-                 "benchmarks/distill_multi30k.py make the defaults)")
+        sys.exit(f"missing model directories: {', '.join(missing)}")
     return out
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import common
 
-from seqkd.pipeline.report import gamma_chosen_on_val, speculative_tables
+from seqkd.pipeline.report import drafts_compared, gamma_chosen_on_val, speculative_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 # Kim & Rush's rows: the recipe's evaluate name -> (its training stage, training data, word-level loss)
@@ -142,7 +142,8 @@ def render(rows: list[dict], scores: dict, report: dict, overrides: list[str]) -
 def distillspec(report: dict) -> list[str]:
     """The DistillSpec half of the recipe: the seq-KD student as the teacher's greedy draft before and after its
     on-policy alignment, every speculate row (acceptance, tokens per call, c, v, speedup with its min-max, bound,
-    prediction), and the gamma chosen on the validation prompts with the test prompts' speedup at it."""
+    prediction), the gamma chosen on the validation prompts with the test prompts' speedup at it, and the two drafts
+    on one target-only baseline."""
     drafts = report.get("drafts") or {}
     spec = drafts.get("speculate") or {}
     if not spec:
@@ -156,17 +157,10 @@ def distillspec(report: dict) -> list[str]:
     (headers, rows), _ = speculative_tables(spec)
     lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
               *["| " + " | ".join(row) + " |" for row in rows], ""]
-    lines += [*gamma_chosen_on_val(spec)]
-    unaligned, aligned = spec.get("speculate-unaligned"), spec.get("speculate-aligned")
-    if unaligned and aligned:
-        by = {r["gamma"]: r for r in unaligned}
-        lines += [f"Aligned / unaligned speedup on the test prompts at gamma {r['gamma']}: {r['speedup']:.2f}x / "
-                  f"{by[r['gamma']]['speedup']:.2f}x = {r['speedup'] / by[r['gamma']]['speedup']:.2f} (each over its "
-                  f"own interleaved target-only baseline: {r['target_only_tokens_per_s']:.1f} and "
-                  f"{by[r['gamma']]['target_only_tokens_per_s']:.1f} tokens/s)." for r in aligned if r["gamma"] in by]
-    lines += ["", "Acceptance rate as vLLM defines it (accepted / drafted); tokens per target call and the bound as "
-                  "Leviathan et al. (2023); c = draft step / target step, v = verification call / target step; "
-                  "predicted = tokens per call / (drafted per call x c + v).", ""]
+    lines += [x for line in (*gamma_chosen_on_val(spec), *drafts_compared(spec)) for x in (line, "")]
+    lines += ["Acceptance rate as vLLM defines it (accepted / drafted); tokens per target call and the bound as "
+              "Leviathan et al. (2023); c = draft step / target step, v = verification call / target step; predicted "
+              "= tokens per call / (drafted per call x c + v).", ""]
     return lines
 
 

@@ -51,11 +51,11 @@ def test_rel_makes_paths_portable(common, tmp_path, monkeypatch):
 
 def test_the_command_is_repo_relative(common, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQKD_DATA_DIR", str(tmp_path / "shared"))
-    argv = [str(ROOT / "benchmarks" / "distill_multi30k.py"), "--teacher", str(ROOT / "data" / "models" / "t"),
+    argv = [str(ROOT / "benchmarks" / "kim_rush.py"), "--teacher", str(ROOT / "data" / "models" / "t"),
             f"--corpus={tmp_path / 'out' / 'corpus'}", "--test", str(tmp_path / "shared" / "multi30k" / "x.de"),
             "rel/y.en", "--note", "two words", "--model", f"student={ROOT / 'data' / 'models' / 's'}"]
     info = common.run_info(argv)
-    assert info["command"] == ("python benchmarks/distill_multi30k.py --teacher data/models/t "
+    assert info["command"] == ("python benchmarks/kim_rush.py --teacher data/models/t "
                                "--corpus=<external>/corpus --test $SEQKD_DATA_DIR/multi30k/x.de rel/y.en "
                                "--note 'two words' --model student=data/models/s")
     assert {"commit", "commit_full", "dirty", "started_utc"} <= set(info)

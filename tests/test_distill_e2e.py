@@ -2,7 +2,7 @@
 
 Each student trains 250 steps from scratch (marian-tiny), which is short: the point is that every variant learns
 (the loss at the end is below half the first logged loss, and greedy BLEU clearly leaves the ~0 of an untrained
-model), not which is best — the Kim & Rush comparison on real data is benchmarks/distill_multi30k.py. Measured
+model), not which is best — the Kim & Rush comparison on real data is benchmarks/kim_rush.py. Measured
 with these settings on 2 CPU cores: seq-KD 12.3, word-KD online 6.8, word-KD offline top-k 5.6, seq-KD + word-KD
 6.5 BLEU; thresholds 3. On-policy continues from the seq-KD student, as GKD starts from a supervised student
 (from scratch, half the budget goes to the untrained student's garbage samples: 0.6-1.1 BLEU): its loss must

@@ -655,7 +655,8 @@ M30_TOY = ["data.limit=400", "teacher.max_steps=30", "teacher.eval_steps=15", "t
            "draft.max_steps=5", "draft.warmup_steps=1", "draft.eval_size=5", "draft.max_new_tokens=12",
            "draft.limit=50", "speculate-unaligned.limit=5", "speculate-unaligned.max_new_tokens=12",
            "speculate-aligned.limit=5", "speculate-aligned.max_new_tokens=12", "speculate-aligned-val.limit=5",
-           "speculate-aligned-val.max_new_tokens=12", "evaluate.max_new_tokens=20"]
+           "speculate-aligned-val.max_new_tokens=12", "speculate-drafts.limit=5", "speculate-drafts.max_new_tokens=12",
+           "evaluate.max_new_tokens=20"]
 
 
 @pytest.mark.slow
@@ -693,9 +694,10 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     md = kim_rush.render(rows, scores, report, [])
     kr, spec = md.split("## DistillSpec")
     assert kr.count("\n| ") == 7 and "CTranslate2 int8" in kr  # header + 6 rows
-    assert spec.count("\n| ") == 1 + 3 * 3  # header + three speculate stages at gammas 2, 4, 6
+    assert spec.count("\n| ") == 1 + 3 * 3 + 2  # header, three stages at gammas 2, 4, 6, the two drafts at gamma 4
     assert "Gamma chosen on the validation prompts (speculate-aligned-val)" in spec
-    assert spec.count("Aligned / unaligned speedup on the test prompts") == 3
+    assert "Compared on one target-only baseline (speculate-drafts, gamma 4, T 0): student-seq-kd " in spec
+    assert "draft / student-seq-kd = " in spec
 
 
 SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-drafts", "speculate-drafts-t1",

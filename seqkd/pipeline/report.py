@@ -275,7 +275,7 @@ def _labelled(marker: dict) -> list[dict]:
     return [dict(r, label=tag + sweep_label(v)) for r, v in zip(results, sweep["values"])]
 
 
-def _drafts_compared(spec: dict[str, list[dict]]) -> list[str]:
+def drafts_compared(spec: dict[str, list[dict]]) -> list[str]:
     """One line per stage that sweeps drafts on one target-only baseline: each draft's speedup, and each over the
     first's (e.g. aligned over unaligned)."""
     lines = []
@@ -335,7 +335,7 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[str]:
                                                           for r in sorted(greedy, key=lambda r: -r["bleu"])) + ".")
     spec = sections.get("drafts", {}).get("speculate", {})
     lines += gamma_chosen_on_val(spec)
-    lines += _drafts_compared(spec)
+    lines += drafts_compared(spec)
     held_out = {n: rs for n, rs in spec.items() if not n.endswith(VAL_SUFFIX)}
     if held_out:
         best = max(((n, r) for n, rs in held_out.items() for r in rs), key=lambda t: t[1]["speedup"])

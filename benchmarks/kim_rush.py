@@ -175,7 +175,7 @@ def plot(rows: list[dict], path: Path) -> bool:
             ax.plot(*zip(*r["curve"]), marker=".", label=r["model"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation BLEU (greedy)")
-    ax.set_title("Multi30k de->en: teacher and students until early stopping")
+    ax.set_title("Multi30k de->en: validation BLEU until each model stopped training")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

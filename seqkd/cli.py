@@ -231,7 +231,7 @@ def cmd_align(a: C.AlignConfig, argv) -> None:
 
 def format_spec_report(r: dict) -> str:
     """A few lines: acceptance, block efficiency, speeds and speedup (and the bound where measured)."""
-    engine = r["engine"] + (" (compiled)" if r.get("compile") else "") + (
+    engine = r["engine"] + (" (compiled)" if r.get("compile") else "") + (" (oneDNN)" if r.get("onednn") else "") + (
         " (int8 draft)" if r.get("draft_quantize", "none") != "none" else "")
     lines = [f"{engine}: {r['prompts']} prompts, gamma {r['gamma']}, temperature {r['temperature']}",
              f"  acceptance rate {r['acceptance_rate']:.3f} ({r['accepted']} accepted / {r['drafted']} drafted)   "

@@ -860,6 +860,11 @@ class SpeculateConfig:
         "seqkd.models.compiled), for target-only and speculative decoding alike. Compiling takes minutes on a CPU: "
         "the --warmup prompts (at least 1) absorb it. Outputs stay exact with respect to the compiled target.",
         default=False)
+    onednn: bool = _help(
+        "seqkd and hf engines, CPU, float32: target and draft linear layers through oneDNN (weights prepacked once; "
+        "see seqkd.models.onednn), for target-only and speculative decoding alike. On CPUs where MKL's small-row "
+        "products read the weights again per row, a verification call costs far fewer target steps. No compiling.",
+        default=False)
     out: str | None = _help("Write the report (JSON) here.", default=None)
     resume: bool = _help(
         "Continue a killed run from its last finished pass (seqkd and hf engines): each finished pass is kept beside "
@@ -876,6 +881,10 @@ class SpeculateConfig:
                              "--compare-hf")
         if self.compile and self.draft_quantize != "none":
             raise SeqkdError("--compile and --draft-quantize int8 together are not supported: choose one")
+        if self.onednn and (self.engine == "vllm" or self.compile or self.device != "cpu" or self.dtype != "float32"):
+            raise SeqkdError("--onednn prepacks float32 linear layers for the CPU in seqkd's decoder or HF: use it "
+                             "with --engine seqkd or hf, --device cpu, --dtype float32, without --compile (which "
+                             "prepacks them itself)")
         if self.compile and self.warmup < 1:
             raise SeqkdError("--compile needs --warmup >= 1: the first prompts compile, and are not timed")
         if self.input and self.data:  # neither: the caller passes a prompt list (checked before anything loads)

@@ -702,7 +702,8 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
 
 SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-drafts", "speculate-drafts-t1",
                     "speculate-pruned-int8", "speculate-pruned",
-                    "speculate-int8", "speculate-compiled", "speculate-hf", "speculate-batched", "speculate-vllm")
+                    "speculate-int8", "speculate-mkl", "speculate-compiled", "speculate-hf", "speculate-batched",
+                    "speculate-vllm")
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
@@ -739,6 +740,9 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert [r["batch_size"] for r in spec["speculate-batched"]] == [2, 4]
     assert all(r["draft_quantize"] == "int8" for r in spec["speculate-pruned-int8"] + spec["speculate-int8"])
     assert spec["speculate-pruned"][0]["draft_quantize"] == "none"  # each factor alone, beside both together
+    # seqkd's decoder through oneDNN's products, and once through torch's default ones (c and v before)
+    assert all(r["onednn"] for r in spec["speculate"] + spec["speculate-hf"] + spec["speculate-batched"])
+    assert not any(r["onednn"] for r in spec["speculate-mkl"] + spec["speculate-compiled"] + spec["speculate-vllm"])
     md = (out / "report.md").read_text()
     assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"] + spec["speculate-drafts-t1"])
     # alignment's effect: each aligned draft beside the draft before alignment, on one baseline
@@ -746,7 +750,7 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
         assert [r["label"] for r in spec[name]] == ["student", aligned]
         assert f"Compared on one target-only baseline ({name}, gamma 3, " in md and f"speedup {aligned} / student" in md
     assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
-    assert "HF assisted generation" in md and "| first:4 |" in md and "| int8 |" in md
+    assert "HF assisted generation" in md and "| first:4 |" in md and "| int8 |" in md and "| seqkd oneDNN |" in md
     # gamma is chosen on the validation prompts, and the headline is the test stage at that gamma
     g = max(spec["speculate-val"], key=lambda r: r["speedup"])["gamma"]
     at = next(r for r in spec["speculate"] if r["gamma"] == g)

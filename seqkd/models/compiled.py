@@ -3,7 +3,7 @@ graph, so inductor prepacks the linear layers for oneDNN/MKL's packed GEMM and f
 them), shapes dynamic (a decode step's rows, the cache length and a prompt's length vary from call to call).
 
 Why: on a 2-core CPU a SmolLM2-135M step is 83% matrix products (torch.profiler), and the products of 2-5 rows a
-verification call makes cost 1.5x one row through MKL. ``benchmarks/compile_decode.py`` (AMD EPYC, 2 cores, greedy):
+verification call makes cost 1.5x one row through MKL. ``benchmarks/decode_paths.py`` (AMD EPYC, 2 cores, greedy):
 the target alone 1.34x faster compiled than eager, speculation with a draft of the target's first 4 layers 2.04x
 faster, identical tokens. Compiling costs minutes the first time (inductor caches its kernels on disk for later
 processes), so it pays for long runs and servers, not for one prompt.

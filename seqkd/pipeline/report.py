@@ -236,7 +236,8 @@ def speculative_tables(speculate: dict[str, list[dict]]) -> tuple[tuple[list[str
         for r in results:
             spread = r.get("speedup_spread") or {}
             rows.append([name + (f" ({r['label']})" if "label" in r else ""),
-                         r.get("engine", "seqkd") + (" compiled" if r.get("compile") else ""),
+                         r.get("engine", "seqkd") + (" compiled" if r.get("compile") else "")
+                         + (" oneDNN" if r.get("onednn") else ""),
                          str(r.get("batch_size", 1)),
                          "int8" if r.get("draft_quantize", "none") != "none" else "fp32", str(r["gamma"]),
                          _fmt(r["temperature"]), _fmt(r["acceptance_rate"], ".3f"), _fmt(r["block_efficiency"]),
@@ -259,7 +260,7 @@ def speculative_tables(speculate: dict[str, list[dict]]) -> tuple[tuple[list[str
 
 
 # the fields the speculative table shows in columns of their own: a sweep over any other field labels its rows
-_SPEC_COLUMNS = frozenset({"gamma", "batch_size", "draft_quantize", "temperature", "engine", "compile"})
+_SPEC_COLUMNS = frozenset({"gamma", "batch_size", "draft_quantize", "temperature", "engine", "compile", "onednn"})
 
 
 def _labelled(marker: dict) -> list[dict]:

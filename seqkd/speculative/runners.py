@@ -174,6 +174,10 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
             from seqkd.models.quantize import maybe_quantize
 
             used = {k: maybe_quantize(d, cfg.draft_quantize) for k, d in used.items()}
+        if cfg.onednn:  # shallow copies: a caller's models stay as they are
+            from seqkd.models.onednn import prepack_linears
+
+            target, used = prepack_linears(target), {k: prepack_linears(d) for k, d in used.items()}
         if cfg.compile:  # wrappers: a caller's models stay as they are
             from seqkd.models.compiled import compile_for_decoding
 
@@ -206,7 +210,7 @@ def speculate_sweep(cfgs: list[SpeculateConfig], progress: bool = True, *, targe
         report.update(engine=c.engine, target=c.target, draft=c.draft, prompts=len(texts), gamma=c.gamma,
                       temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_new_tokens,
                       adaptive_gamma=c.adaptive_gamma, lenience=c.lenience, batch_size=c.batch_size,
-                      draft_quantize=c.draft_quantize, compile=c.compile)
+                      draft_quantize=c.draft_quantize, compile=c.compile, onednn=c.onednn)
         if len(cfgs) > 1 and c.engine != "vllm":  # its speedup divides by the same target-only rates
             report["target_only_shared_with"] = [{"draft": x.draft, "gamma": x.gamma} for x in cfgs]
         if c.out:

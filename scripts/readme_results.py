@@ -1,7 +1,7 @@
 """Regenerate the README's results blocks from the committed recipe reports: the main job's (``seqkd run synthetic``,
 ``benchmarks/results/recipe_synthetic.json``, written by ``python benchmarks/recipe.py synthetic``) and the SmolLM2
 draft's (``recipe_smollm2_draft.json``, by ``python benchmarks/recipe.py smollm2-draft``; until it exists the block
-says so).
+says so), and the product paths' table (``decode_paths.json``, by ``python benchmarks/decode_paths.py``).
 
     python scripts/readme_results.py          # rewrite the blocks between their markers in README.md
     python scripts/readme_results.py --check  # exit 1 if README.md is out of date (tests/test_architecture.py)
@@ -18,6 +18,8 @@ BEGIN, END = "<!-- results:begin (scripts/readme_results.py) -->", "<!-- results
 RESULT = ROOT / "benchmarks" / "results" / "recipe_synthetic.json"
 SMOL_BEGIN, SMOL_END = "<!-- smollm2-draft:begin (scripts/readme_results.py) -->", "<!-- smollm2-draft:end -->"
 SMOL = ROOT / "benchmarks" / "results" / "recipe_smollm2_draft.json"
+PATHS_BEGIN, PATHS_END = "<!-- decode-paths:begin (scripts/readme_results.py) -->", "<!-- decode-paths:end -->"
+PATHS = ROOT / "benchmarks" / "results" / "decode_paths.json"
 
 
 def render() -> str:
@@ -85,11 +87,30 @@ def render_smollm2(result: dict | None, files: str = "benchmarks/results/recipe_
     return "\n".join(lines)
 
 
+def render_decode_paths(result: dict) -> str:
+    """benchmarks/decode_paths.py's table: per product path, rates (median (min-max)) over the default target-only
+    rate, step times, c and v."""
+    def med(x: dict, spec: str) -> str:
+        return f"{x['median']:{spec}}" + (f" ({x['min']:{spec}}–{x['max']:{spec}})" if x["n"] > 1 else "")
+
+    run = result["run"]
+    rows = [[r["label"], med(r["target_only_tokens_per_s"], ".1f"), med(r["speculative_tokens_per_s"], ".1f"),
+             med(r["target_only_over_baseline"], ".2f") + "×", med(r["speculative_over_baseline"], ".2f") + "×",
+             f"{r['target_step_ms']:.1f}", f"{r['verification_ms']:.1f}", f"{r['draft_step_ms']:.1f}",
+             f"{r['c']:.3f}", f"{r['v']:.2f}"] for r in result["rows"]]
+    headers = ["path", "target-only tok/s", "speculative tok/s", "target-only over default",
+               "speculative over default", "target step ms", "verification ms", "draft step ms", "c", "v"]
+    return "\n".join([f"Commit `{run['commit']}`, `{run['command']}`; draft: {result['draft']} (acceptance "
+                      f"{result['acceptance_rate']:.3f}); gamma {result['gamma']}.", "", *_table(headers, rows)])
+
+
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     how = "python scripts/readme_results.py"
     smol = json.loads(SMOL.read_text(encoding="utf-8")) if SMOL.exists() else None
     rc = update_block(ROOT / "README.md", BEGIN, END, render(), check=check, how=how)
+    rc = rc or update_block(ROOT / "README.md", PATHS_BEGIN, PATHS_END,
+                            render_decode_paths(json.loads(PATHS.read_text(encoding="utf-8"))), check=check, how=how)
     return rc or update_block(ROOT / "README.md", SMOL_BEGIN, SMOL_END, render_smollm2(smol), check=check, how=how)
 
 

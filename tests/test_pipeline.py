@@ -701,9 +701,9 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
 
 
 SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-drafts", "speculate-drafts-t1",
-                    "speculate-pruned-int8", "speculate-pruned",
-                    "speculate-int8", "speculate-mkl", "speculate-compiled", "speculate-hf", "speculate-batched",
-                    "speculate-vllm")
+                    "speculate-pruned", "speculate-onednn", "speculate-int8", "speculate-mkl", "speculate-hf",
+                    "speculate-batched", "speculate-vllm")
+COMPILED_STAGES = SPECULATE_STAGES[:6]  # the recipe compiles these; the toy run does not (minutes per stage)
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
@@ -711,12 +711,22 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
             "student.logging_steps=2",
             *[f"{s}.{k}" for s in ("draft", "draft-t1")
               for k in ("max_steps=2", "warmup_steps=1", "eval_size=2", "max_new_tokens=8", "limit=8")],
-            "pruned.top=512", "speculate-vllm.engine=seqkd", "speculate-compiled.compile=false",
+            "pruned.top=512", "speculate-vllm.engine=seqkd", *[f"{s}.compile=false" for s in COMPILED_STAGES],
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
             "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one call, one baseline
-            "speculate-val.sweep.gamma=[2,3]",
-            *[f"{s}.sweep.gamma=[2]" for s in ("speculate-t1", "speculate-pruned-int8", "speculate-compiled")]]
+            "speculate-val.sweep.gamma=[2,3]", "speculate-t1.sweep.gamma=[2]"]
+
+
+def test_the_smollm2_recipe_compiles_its_main_stages_and_measures_each_product_path():
+    """Which path each speculate stage decodes through, as the recipe ships (the toy run below turns compiling off)."""
+    stages = {s.name: s for s in load_recipe("smollm2-draft").stages}
+    assert [n for n in SPECULATE_STAGES if stages[n].settings.get("compile")] == list(COMPILED_STAGES)
+    assert [n for n in SPECULATE_STAGES if stages[n].settings.get("onednn")] == [
+        "speculate-onednn", "speculate-int8", "speculate-hf", "speculate-batched"]
+    assert stages["speculate-int8"].settings["draft_quantize"] == "int8"
+    assert all(set(stages[n].settings) >= {"passes", "warmup"} for n in SPECULATE_STAGES)
+    assert all(stages[n].settings["passes"] == 3 for n in SPECULATE_STAGES if n != "speculate-val")
 
 
 @pytest.mark.slow
@@ -738,11 +748,15 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert set(spec) == set(SPECULATE_STAGES)
     assert [r["gamma"] for r in spec["speculate"]] == [2, 3]
     assert [r["batch_size"] for r in spec["speculate-batched"]] == [2, 4]
-    assert all(r["draft_quantize"] == "int8" for r in spec["speculate-pruned-int8"] + spec["speculate-int8"])
-    assert spec["speculate-pruned"][0]["draft_quantize"] == "none"  # each factor alone, beside both together
+    # the pruned draft beside the whole-vocabulary one, on one baseline: compiled, through oneDNN and in int8
+    for name in ("speculate-pruned", "speculate-onednn", "speculate-int8"):
+        assert [r["label"] for r in spec[name]] == ["draft", "pruned"]
+    assert all(r["draft_quantize"] == "int8" for r in spec["speculate-int8"])
+    assert all(r["draft_quantize"] == "none" for r in spec["speculate-pruned"] + spec["speculate-onednn"])
     # seqkd's decoder through oneDNN's products, and once through torch's default ones (c and v before)
-    assert all(r["onednn"] for r in spec["speculate"] + spec["speculate-hf"] + spec["speculate-batched"])
-    assert not any(r["onednn"] for r in spec["speculate-mkl"] + spec["speculate-compiled"] + spec["speculate-vllm"])
+    assert all(r["onednn"] for n in ("speculate-onednn", "speculate-int8", "speculate-hf", "speculate-batched")
+               for r in spec[n])
+    assert not any(r["onednn"] for r in spec["speculate-mkl"] + spec["speculate-vllm"] + spec["speculate"])
     md = (out / "report.md").read_text()
     assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"] + spec["speculate-drafts-t1"])
     # alignment's effect: each aligned draft beside the draft before alignment, on one baseline

@@ -68,7 +68,7 @@ def render_smollm2(result: dict | None, files: str = "benchmarks/results/recipe_
         return ("Not run at full size yet: `python benchmarks/recipe.py smollm2-draft` (about 12 hours on 2 CPU "
                 "cores, resumable) writes `benchmarks/results/recipe_smollm2_draft.*`, and this block is generated "
                 "from it (`python scripts/readme_results.py`).")
-    from seqkd.pipeline.report import speculative_tables
+    from seqkd.pipeline.report import speculative_tables, time_table
 
     rep, run, env = result["report"], result["run"], result["environment"]
     spec = rep["drafts"]["speculate"]
@@ -83,8 +83,88 @@ def render_smollm2(result: dict | None, files: str = "benchmarks/results/recipe_
     if hf_rows:
         lines += ["", "The same prompts in HF transformers (tokens/s; speedup over HF generate):", "",
                   *_table(hf_headers, hf_rows)]
+    time_headers, time_rows = time_table(spec)
+    if time_rows:
+        lines += ["", "Where the time goes (seqkd's decoder, first pass): shares of the speculative wall time, step "
+                  "times (ms), measured speedup over Leviathan's bound:", "", *_table(time_headers, time_rows)]
+    goals = targets(spec)
+    if goals:
+        lines += ["", "Issue 14's targets (median, min–max over the passes; a range across the threshold says so):",
+                  "", *_table(["target", "measured", "verdict"], goals)]
     lines += ["", f"![acceptance and speedup against gamma, per-position acceptance]({files}/speculative.png)"]
     return "\n".join(lines)
+
+
+def _verdict(median: float, lo: float, hi: float, threshold: float) -> str:
+    """Met, missed, or which side of ``threshold`` the median is on where the passes' range straddles it."""
+    if lo >= threshold:
+        return "met"
+    if hi < threshold:
+        return "missed"
+    return "met at the median, not in every pass" if median >= threshold else "missed at the median, met in a pass"
+
+
+def _ratio_per_pass(num: list[float], den: list[float]) -> list[float]:
+    return [a / b for a, b in zip(num, den) if b]
+
+
+def _at_val_gamma(spec: dict[str, list[dict]], name: str) -> dict | None:
+    """The row of test stage ``name`` at the gamma with the best speedup in ``name-val`` (None where either is
+    missing)."""
+    val, test = spec.get(name + "-val"), spec.get(name)
+    if not val or not test:
+        return None
+    g = max(val, key=lambda r: r["speedup"])["gamma"]
+    return next((r for r in test if r["gamma"] == g), None)
+
+
+def targets(spec: dict[str, list[dict]]) -> list[list[str]]:
+    """Issue 14's targets, each checked on the smollm2-draft report's speculate data (stage -> results): the
+    target, what was measured (median, min-max over the passes), the verdict. A target whose stage did not run is
+    left out."""
+    rows = []
+
+    def add(what: str, values: list[float], median: float, threshold: float, fmt: str = ".2f", unit: str = "x",
+            where: str = "") -> None:
+        lo, hi = min(values), max(values)
+        rows.append([what, f"{median:{fmt}}{unit} ({lo:{fmt}}-{hi:{fmt}}{unit})" + (f", {where}" if where else ""),
+                     _verdict(median, lo, hi, threshold)])
+
+    def speedups(r: dict) -> list[float]:
+        sp = r.get("speedup_spread") or {}
+        return sp.get("per_pass") or [sp.get("min", r["speedup"]), sp.get("max", r["speedup"])]
+
+    for name, temp, threshold in (("speculate", 0, 1.3), ("speculate-t1", 1, 1.15)):
+        r = _at_val_gamma(spec, name)
+        if r is not None:
+            add(f"seqkd's decoder at T={temp}, gamma chosen on validation prompts: speedup >= {threshold}x",
+                speedups(r), r["speedup"], threshold, where=f"{name}, gamma {r['gamma']}")
+            if r.get("leviathan_bound"):
+                shares = [x / r["leviathan_bound"] for x in speedups(r)]
+                add(f"seqkd's decoder at T={temp} reaches >= 80% of Leviathan's bound (bound "
+                    f"{r['leviathan_bound']:.2f}x with c {r['cost_ratio']:.3f})", shares,
+                    r["speedup"] / r["leviathan_bound"], 0.8, ".0%", "")
+    for name, temp in (("speculate-drafts", 0), ("speculate-drafts-t1", 1)):
+        rs = spec.get(name) or []
+        if len(rs) == 2 and all("label" in r for r in rs):
+            base, aligned = rs
+            per = _ratio_per_pass(speedups(aligned), speedups(base))
+            add(f"aligned draft >= 1.15x the unaligned one at T={temp} (speedup over speedup, same baseline)", per,
+                aligned["speedup"] / base["speedup"], 1.15, where=f"{aligned['label']} / {base['label']}, {name}")
+    for r in spec.get("speculate-hf") or []:
+        cmp = (r.get("comparison") or {}).get("tokens_per_s")
+        if cmp:
+            per = _ratio_per_pass(cmp["seqkd_speculative"]["per_pass"], cmp["hf_assisted"]["per_pass"])
+            add(f"seqkd's tokens/s >= HF assisted generation's (same pair, gamma {r['gamma']})", per,
+                cmp["seqkd_speculative"]["median"] / cmp["hf_assisted"]["median"], 1.0,
+                where=f"{cmp['seqkd_speculative']['median']:.1f} vs {cmp['hf_assisted']['median']:.1f} tok/s")
+    for r in spec.get("speculate-vllm") or []:
+        if r.get("engine", "seqkd") == "vllm":
+            sp = r.get("speedup_spread") or {}
+            add(f"vLLM speculative > 1x its own target-only rate (batch {r.get('batch_size', 1)})",
+                [sp.get("min", r["speedup"]), sp.get("max", r["speedup"])], r["speedup"], 1.0,
+                where="passes not interleaved (two engines)")
+    return rows
 
 
 def render_decode_paths(result: dict) -> str:

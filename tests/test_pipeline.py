@@ -700,10 +700,10 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert "draft / student-seq-kd = " in spec
 
 
-SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1", "speculate-drafts", "speculate-drafts-t1",
-                    "speculate-pruned", "speculate-onednn", "speculate-int8", "speculate-mkl", "speculate-hf",
-                    "speculate-batched", "speculate-vllm")
-COMPILED_STAGES = SPECULATE_STAGES[:6]  # the recipe compiles these; the toy run does not (minutes per stage)
+SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1-val", "speculate-t1", "speculate-drafts",
+                    "speculate-drafts-t1", "speculate-pruned", "speculate-onednn", "speculate-int8", "speculate-mkl",
+                    "speculate-hf", "speculate-batched", "speculate-vllm")
+COMPILED_STAGES = SPECULATE_STAGES[:7]  # the recipe compiles these; the toy run does not (minutes per stage)
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
@@ -715,7 +715,7 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
             "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one call, one baseline
-            "speculate-val.sweep.gamma=[2,3]", "speculate-t1.sweep.gamma=[2]"]
+            "speculate-val.sweep.gamma=[2,3]", "speculate-t1-val.sweep.gamma=[2,3]", "speculate-t1.sweep.gamma=[2,3]"]
 
 
 def test_the_smollm2_recipe_compiles_its_main_stages_and_measures_each_product_path():
@@ -726,7 +726,14 @@ def test_the_smollm2_recipe_compiles_its_main_stages_and_measures_each_product_p
         "speculate-onednn", "speculate-int8", "speculate-hf", "speculate-batched"]
     assert stages["speculate-int8"].settings["draft_quantize"] == "int8"
     assert all(set(stages[n].settings) >= {"passes", "warmup"} for n in SPECULATE_STAGES)
-    assert all(stages[n].settings["passes"] == 3 for n in SPECULATE_STAGES if n != "speculate-val")
+    assert all(stages[n].settings["passes"] == 3 for n in SPECULATE_STAGES if not n.endswith("-val"))
+    # each temperature's gamma is chosen on the validation prompts, with the draft its test stage decodes with
+    for val in ("speculate-val", "speculate-t1-val"):
+        assert stages[val].sweep == stages[val.removesuffix("-val")].sweep
+        test = stages[val.removesuffix("-val")].settings
+        assert stages[val].settings["input"].endswith("/val.txt") and test["input"].endswith("/test.txt")
+        assert {k: v for k, v in stages[val].settings.items() if k not in ("input", "passes")} == \
+            {k: v for k, v in test.items() if k not in ("input", "passes")}
 
 
 @pytest.mark.slow

@@ -200,6 +200,13 @@ def _drafts(markers: dict[str, dict], plt) -> tuple[list[Block], dict]:
         blocks.append(("p", "The same prompts in HF transformers, interleaved: tokens/s (speedup over HF generate "
                             "with the target alone)."))
         blocks.append(("table", hf_headers, hf_rows))
+    time_headers, time_rows = time_table(data["speculate"])
+    if time_rows:
+        blocks.append(("p", "Where the time goes (seqkd's decoder, the first pass): the shares of the speculative "
+                            "wall time spent in the draft's forward calls, the target's (prefills included) and the "
+                            "decoder's own work between them (sampling, the acceptance rule, cache crops); the step "
+                            "times behind c and v; and the measured speedup as a share of Leviathan's bound."))
+        blocks.append(("table", time_headers, time_rows))
     if plt is not None and specs:
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
         for name, results in data["speculate"].items():
@@ -257,6 +264,29 @@ def speculative_tables(speculate: dict[str, list[dict]]) -> tuple[tuple[list[str
                "target-only tok/s", "speculative tok/s", "speedup", "bound", "predicted", "passes"]
     hf_headers = ["stage", "HF generate tok/s", "seqkd target-only", "seqkd speculative", "HF assisted generation"]
     return (headers, rows), (hf_headers, hf_rows)
+
+
+def time_table(speculate: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Where the time goes, per row of seqkd's decoder (``drafts.speculate`` data: stage -> results): the draft's,
+    the target's and the decoder's own share of the speculative wall time, the draft step, the verification call and
+    the target-only step (ms), and the measured speedup over Leviathan's bound (the issue's "share of the bound").
+    Rows without step times (vLLM's, which reports no per-call times) are left out."""
+    rows = []
+    for name, results in speculate.items():
+        for r in results:
+            shares = r.get("time_shares") or {}
+            if shares.get("draft") is None or not r.get("target_step_seconds"):
+                continue
+            bound = r.get("leviathan_bound")
+            rows.append([name + (f" ({r['label']})" if "label" in r else ""), str(r.get("batch_size", 1)),
+                         str(r["gamma"]), _fmt(r["temperature"]), _fmt(r["block_efficiency"]),
+                         *(f"{100 * shares[k]:.0f}%" for k in ("draft", "target", "decoder")),
+                         _fmt(1e3 * r["draft_step_seconds"], ".1f"), _fmt(1e3 * r["verification_seconds"], ".1f"),
+                         _fmt(1e3 * r["target_step_seconds"], ".1f"),
+                         f"{100 * r['speedup'] / bound:.0f}%" if bound else "n/a"])
+    headers = ["stage", "batch", "gamma", "T", "tokens / call", "draft", "target", "decoder", "draft step ms",
+               "verification ms", "target step ms", "speedup / bound"]
+    return headers, rows
 
 
 # the fields the speculative table shows in columns of their own: a sweep over any other field labels its rows

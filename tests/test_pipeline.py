@@ -784,7 +784,15 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     readme = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(readme)
     block = readme.render_smollm2({"report": report, "run": {"commit": "0123abc"}, "environment": report["machine"]})
-    rows = [line for line in block.splitlines() if line.startswith("| speculate")]
-    assert len(rows) == sum(len(v) for v in spec.values()) + 1  # every measured row, and the HF comparison's
+    tables = {t.splitlines()[0]: t.splitlines()[2:] for t in block.split("\n\n") if t.startswith("| ")}
+    main_rows, hf_rows, time_rows, goals = (next(rows for head, rows in tables.items() if head.startswith(h)) for h in
+                                            ("| stage | engine |", "| stage | HF generate", "| stage | batch |",
+                                             "| target |"))
+    assert len(main_rows) == len(time_rows) == sum(len(v) for v in spec.values())  # every row (vllm: seqkd here)
+    assert len(hf_rows) == 1
+    # each of issue 14's targets whose stages ran: T=0 and T=1 speedup and share of the bound, aligned over
+    # unaligned at each, seqkd over HF assisted (the toy's speculate-vllm runs seqkd's decoder: no vLLM row)
+    assert len(goals) == 7 and all(g.split(" | ")[-1].rstrip(" |") in {
+        "met", "missed", "met at the median, not in every pass", "missed at the median, met in a pass"} for g in goals)
     assert "| speculate-drafts (student) |" in block and "| speculate-drafts-t1 (draft-t1) |" in block
     assert " ".join(report["summary"]) in block and "Gamma chosen on the validation prompts" in block

@@ -1,6 +1,9 @@
 """`speculate --compile`: target and draft through torch.compile (inductor, frozen weights, dynamic shapes). Decoding
 stays exact: the compiled target's greedy tokens equal the eager target's and HF generate's, and speculation with
-the compiled pair equals target-only decoding with the compiled target."""
+the compiled pair equals target-only decoding with the compiled target, with a pruned draft too; sampled, the compiled
+pair draws what the eager one does."""
+
+import copy
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from seqkd.config import SpeculateConfig
 from seqkd.errors import SeqkdError
 from seqkd.models import load_model
 from seqkd.models.compiled import compile_for_decoding
+from seqkd.models.draft_vocab import prune_output_layer
 from seqkd.speculative import autoregressive_generate, speculative_generate
 
 
@@ -24,10 +28,26 @@ def test_compiled_models_decode_exactly_what_the_eager_target_does(tiny_lm_model
         compiled = [autoregressive_generate(ct, p, temperature=0.0, max_new_tokens=12).new_tokens for p in prompts]
         spec = [speculative_generate(ct, cd, p, gamma=g, temperature=0.0, max_new_tokens=12).new_tokens
                 for p in prompts for g in (2, 3)]
+        # a pruned draft (FR-Spec: its output layer covers a third of the vocabulary, mapped to target ids) compiled
+        vocab = target.config.vocab_size
+        pruned = copy.deepcopy(draft)
+        prune_output_layer(pruned, [3] + [i for i in range(vocab) if i % 3 == 0 and i != 3])
+        cp = compile_for_decoding(pruned)
+        spec_pruned = [speculative_generate(ct, cp, p, gamma=3, temperature=0.0, max_new_tokens=12).new_tokens
+                       for p in prompts]
+        # sampling (T=1): the compiled pair draws what the eager pair draws with the same seed (the same logits up to
+        # float32 rounding, far from any of the draws' thresholds here)
+        sampled = {name: [speculative_generate(t, d, p, gamma=3, temperature=1.0, max_new_tokens=12, seed=7 + i)
+                          for i, p in enumerate(prompts)] for name, (t, d) in (("eager", (target, draft)),
+                                                                                ("compiled", (ct, cd)))}
     assert compiled == eager
     assert eager == [_hf_greedy(target, p, 12) for p in prompts]
     assert spec == [e for e in eager for _ in (2, 3)]
+    assert spec_pruned == eager
     assert sum(len(e) for e in eager) > 0
+    assert [r.new_tokens for r in sampled["compiled"]] == [r.new_tokens for r in sampled["eager"]]
+    assert [r.stats.accepted for r in sampled["compiled"]] == [r.stats.accepted for r in sampled["eager"]]
+    assert sum(r.stats.drafted - r.stats.accepted for r in sampled["eager"]) > 0  # some rejections: residual draws
     # through speculate(): the same compiled models for target-only and speculative decoding, recorded as compiled
     from seqkd.models.tokenizer import load_tokenizers
     from seqkd.speculative.runners import speculate

@@ -711,7 +711,8 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
             "student.logging_steps=2",
             *[f"{s}.{k}" for s in ("draft", "draft-t1")
               for k in ("max_steps=2", "warmup_steps=1", "eval_size=2", "max_new_tokens=8", "limit=8")],
-            "pruned.top=512", "speculate-vllm.engine=seqkd", *[f"{s}.compile=false" for s in COMPILED_STAGES],
+            "pruned.top=512", "pruned-t1.top=512", "speculate-vllm.engine=seqkd",
+            *[f"{s}.compile=false" for s in COMPILED_STAGES],
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
             "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one call, one baseline

@@ -108,20 +108,12 @@ def _ratio_per_pass(num: list[float], den: list[float]) -> list[float]:
     return [a / b for a, b in zip(num, den) if b]
 
 
-def _at_val_gamma(spec: dict[str, list[dict]], name: str) -> dict | None:
-    """The row of test stage ``name`` at the gamma with the best speedup in ``name-val`` (None where either is
-    missing)."""
-    val, test = spec.get(name + "-val"), spec.get(name)
-    if not val or not test:
-        return None
-    g = max(val, key=lambda r: r["speedup"])["gamma"]
-    return next((r for r in test if r["gamma"] == g), None)
-
-
 def targets(spec: dict[str, list[dict]]) -> list[list[str]]:
     """Issue 14's targets, each checked on the smollm2-draft report's speculate data (stage -> results): the
     target, what was measured (median, min-max over the passes), the verdict. A target whose stage did not run is
     left out."""
+    from seqkd.pipeline.report import at_gamma_chosen_on_val
+
     rows = []
 
     def add(what: str, values: list[float], median: float, threshold: float, fmt: str = ".2f", unit: str = "x",
@@ -135,7 +127,7 @@ def targets(spec: dict[str, list[dict]]) -> list[list[str]]:
         return sp.get("per_pass") or [sp.get("min", r["speedup"]), sp.get("max", r["speedup"])]
 
     for name, temp, threshold in (("speculate", 0, 1.3), ("speculate-t1", 1, 1.15)):
-        r = _at_val_gamma(spec, name)
+        r = at_gamma_chosen_on_val(spec, name)
         if r is not None:
             add(f"seqkd's decoder at T={temp}, gamma chosen on validation prompts: speedup >= {threshold}x",
                 speedups(r), r["speedup"], threshold, where=f"{name}, gamma {r['gamma']}")

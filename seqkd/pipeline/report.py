@@ -382,18 +382,24 @@ def _summary(sections: dict, markers: dict[str, dict]) -> list[str]:
 VAL_SUFFIX = "-val"
 
 
+def at_gamma_chosen_on_val(spec: dict[str, list[dict]], name: str) -> dict | None:
+    """The row of test stage ``name`` at the gamma with the best speedup in ``name-val`` (None where either is
+    missing, or the test stage lacks that gamma)."""
+    val, test = spec.get(name + VAL_SUFFIX), spec.get(name)
+    if not val or not test:
+        return None
+    g = max(val, key=lambda r: r["speedup"])["gamma"]
+    return next((r for r in test if r["gamma"] == g), None)
+
+
 def gamma_chosen_on_val(spec: dict[str, list[dict]]) -> list[str]:
     """One line per stage ``NAME-val`` beside a stage ``NAME``: the gamma with the best speedup on the validation
     prompts, and the test prompts' speedup and acceptance at that gamma (the test set only reports)."""
     lines = []
-    for name, val in spec.items():
-        test = spec.get(name[: -len(VAL_SUFFIX)]) if name.endswith(VAL_SUFFIX) else None
-        if not test:
-            continue
-        g = max(val, key=lambda r: r["speedup"])["gamma"]
-        at = [r for r in test if r["gamma"] == g]
-        if at:
-            r, rng = at[0], at[0].get("speedup_spread") or {}
+    for name in spec:
+        r = at_gamma_chosen_on_val(spec, name[: -len(VAL_SUFFIX)]) if name.endswith(VAL_SUFFIX) else None
+        if r is not None:
+            g, rng = r["gamma"], r.get("speedup_spread") or {}
             lines.append(f"Gamma chosen on the validation prompts ({name}): {g}; on the test prompts "
                          f"({name[: -len(VAL_SUFFIX)]}) at gamma {g}: {r['speedup']:.2f}x"
                          + (f" ({rng['min']:.2f}-{rng['max']:.2f})" if "min" in rng else "")

@@ -12,6 +12,7 @@ one it says so.
 
     python benchmarks/recipe.py synthetic            # ~3.5 minutes on 2 CPU cores
     python benchmarks/recipe.py multi30k-de-en       # hours on 2 CPU cores (resumable)
+    python benchmarks/recipe.py smollm2-layers       # ~4.5 hours after smollm2-draft (its run directory)
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ import common
 
 ROOT = Path(__file__).resolve().parents[1]
 # recipes that share stages share a run directory, so those stages run once for both (the multi30k recipes' teacher,
-# corpus and seq-KD student; benchmarks/teachers_multi30k.py runs multi30k-teachers there too)
-RUN_DIRS = {"multi30k-de-en": "multi30k", "multi30k-teachers": "multi30k"}
+# corpus and seq-KD student; benchmarks/teachers_multi30k.py runs multi30k-teachers there too; smollm2-layers' target,
+# corpus and first:4 draft are smollm2-draft's)
+RUN_DIRS = {"multi30k-de-en": "multi30k", "multi30k-teachers": "multi30k", "smollm2-layers": "smollm2-draft"}
 # what a Chromium of one's own needs to start without a display, a sandbox or a GPU
 CHROMIUM_ARGS = ["--no-sandbox", "--no-zygote", "--single-process", "--disable-gpu", "--use-gl=angle",
                  "--use-angle=swiftshader", "--font-render-hinting=none"]
@@ -35,7 +37,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--no-zygote", "--single-process", "--disable-g
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("recipe", help="a built-in recipe (synthetic, multi30k-de-en, smollm2-draft)")
+    p.add_argument("recipe", help="a built-in recipe (synthetic, multi30k-de-en, multi30k-teachers, smollm2-draft, "
+                   "smollm2-layers)")
     p.add_argument("overrides", nargs="*", help="STAGE.FIELD=VALUE, as seqkd run takes them")
     p.add_argument("--jobs", type=int, default=1, help="seqkd run --jobs: training stages ready together run N at a "
                    "time, each with 1/N of the cores")

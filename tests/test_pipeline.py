@@ -39,6 +39,32 @@ def test_recipes_share_the_stages_they_have_in_common():
                                                                  "student-seq-kd"}
 
 
+def test_the_smollm2_layer_choices_share_the_first4_draft_and_decode_pruned_on_one_baseline():
+    """smollm2-layers' target, prompts, corpus and first:4 draft are smollm2-draft's stages (same keys: one run
+    directory trains the first:4 draft once); every other choice is trained as that draft is, and the four compared
+    on the validation prompts at one gamma, pruned as smollm2-draft's drafts are."""
+    a = {s.stage.name: s.key for s in plan(load_recipe("smollm2-draft"), "/nonexistent")}
+    b = {s.stage.name: s.key for s in plan(load_recipe("smollm2-layers"), "/nonexistent")}
+    assert {n for n in a.keys() & b.keys() if a[n] == b[n]} == {"target", "prompts", "corpus", "select", "init",
+                                                                 "student"}
+    stages = {s.name: s for s in load_recipe("smollm2-layers").stages}
+    draft, layers = {s.name: s for s in load_recipe("smollm2-draft").stages}, {}
+    for choice in ("first2", "first8", "spread4"):
+        train = stages[f"student-{choice}"].settings
+        assert {k: v for k, v in train.items() if k != "model"} == \
+            {k: v for k, v in stages["student"].settings.items() if k != "model"}
+        assert train["model"] == f"${{init-{choice}}}"
+        layers[choice] = stages[f"init-{choice}"].settings["layers"]
+    assert layers == {"first2": "first:2", "first8": "first:8", "spread4": "0,10,20,29"}
+    assert all(stages[f"pruned-{c}"].settings["top"] == draft["pruned"].settings["top"]
+               for c in ("first2", "first4", "spread4", "first8"))
+    val = stages["speculate-layers-val"]
+    assert val.sweep == ("draft", [f"${{pruned-{c}}}" for c in ("first2", "first4", "spread4", "first8")])
+    assert val.settings["input"].endswith("/val.txt") and val.settings["passes"] == 3
+    assert {k: v for k, v in val.settings.items() if k not in ("gamma", "passes")} == \
+        {k: v for k, v in draft["speculate-val"].settings.items() if k not in ("draft", "passes")}
+
+
 def test_every_job_has_a_runner():
     from seqkd.pipeline.recipe import JOBS
 
@@ -797,3 +823,18 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
         "met", "missed", "met at the median, not in every pass", "missed at the median, met in a pass"} for g in goals)
     assert "| speculate-drafts (student) |" in block and "| speculate-drafts-t1 (draft-t1) |" in block
     assert " ".join(report["summary"]) in block and "Gamma chosen on the validation prompts" in block
+    # smollm2-layers in the same run directory: the shared stages cached, the other choices trained and compared
+    shared = ("target", "prompts", "corpus", "select", "init", "student")
+    toy = [o for o in SMOL_TOY if o.split(".")[0] in shared]
+    toy += [f"student-{c}.{o.split('.', 1)[1]}" for c in ("first2", "first8", "spread4") for o in SMOL_TOY
+            if o.startswith("student.")]
+    toy += [f"pruned-{c}.top=512" for c in ("first2", "first4", "spread4", "first8")]
+    toy += [f"speculate-layers-val.{k}" for k in ("compile=false", "max_new_tokens=8", "passes=1", "warmup=1",
+                                                  "limit=2")]
+    assert main(["run", "smollm2-layers", "--out", str(out), *toy, *target]) == 0
+    layers = json.loads((out / "report.json").read_text())
+    assert {n for n, s in layers["stages"].items() if s["this_run"] == "cached"} == set(shared)
+    rows = layers["drafts"]["speculate"]["speculate-layers-val"]
+    assert [r["label"] for r in rows] == ["pruned-first2", "pruned-first4", "pruned-spread4", "pruned-first8"]
+    assert all(r["gamma"] == 2 and r["identical_outputs"] == 1.0 for r in rows)
+    assert len({r["target_only_tokens_per_s"] for r in rows}) == 1  # one baseline

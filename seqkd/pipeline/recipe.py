@@ -63,7 +63,7 @@ JOBS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 # fields the runner sets (never part of a stage's key: they do not change what the stage computes)
 RUNNER_FIELDS = frozenset({"out", "overwrite", "resume", "force", "progress"})
-BUILTIN = ("synthetic", "multi30k-de-en", "multi30k-teachers", "smollm2-draft")
+BUILTIN = ("synthetic", "multi30k-de-en", "multi30k-teachers", "smollm2-draft", "smollm2-layers")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Regenerate the README's results blocks from the committed recipe reports: the main job's (``seqkd run synthetic``,
 ``benchmarks/results/recipe_synthetic.json``, written by ``python benchmarks/recipe.py synthetic``) and the SmolLM2
 draft's (``recipe_smollm2_draft.json``, by ``python benchmarks/recipe.py smollm2-draft``; until it exists the block
-says so), and the product paths' table (``decode_paths.json``, by ``python benchmarks/decode_paths.py``).
+says so) and its layer choices' (``recipe_smollm2_layers.json``, by ``python benchmarks/recipe.py smollm2-layers``,
+likewise), and the product paths' table (``decode_paths.json``, by ``python benchmarks/decode_paths.py``).
 
     python scripts/readme_results.py          # rewrite the blocks between their markers in README.md
     python scripts/readme_results.py --check  # exit 1 if README.md is out of date (tests/test_architecture.py)
@@ -18,6 +19,8 @@ BEGIN, END = "<!-- results:begin (scripts/readme_results.py) -->", "<!-- results
 RESULT = ROOT / "benchmarks" / "results" / "recipe_synthetic.json"
 SMOL_BEGIN, SMOL_END = "<!-- smollm2-draft:begin (scripts/readme_results.py) -->", "<!-- smollm2-draft:end -->"
 SMOL = ROOT / "benchmarks" / "results" / "recipe_smollm2_draft.json"
+LAYERS_BEGIN, LAYERS_END = "<!-- smollm2-layers:begin (scripts/readme_results.py) -->", "<!-- smollm2-layers:end -->"
+LAYERS = ROOT / "benchmarks" / "results" / "recipe_smollm2_layers.json"
 PATHS_BEGIN, PATHS_END = "<!-- decode-paths:begin (scripts/readme_results.py) -->", "<!-- decode-paths:end -->"
 PATHS = ROOT / "benchmarks" / "results" / "decode_paths.json"
 
@@ -159,6 +162,58 @@ def targets(spec: dict[str, list[dict]]) -> list[list[str]]:
     return rows
 
 
+def layers_of(recipe, draft_stage: str) -> str:
+    """The target layers behind a draft stage of ``recipe`` (a pruned draft -> its trained draft -> its draft-init),
+    followed through the stages' references."""
+    from seqkd.pipeline.recipe import REF
+
+    stages = {s.name: s for s in recipe.stages}
+    name = draft_stage
+    while stages[name].job != "draft-init":
+        name = REF.search(stages[name].settings["draft" if stages[name].job == "draft-vocab" else "model"]).group(1)
+    return stages[name].settings["layers"]
+
+
+def render_smollm2_layers(result: dict | None, baseline: str = "pruned-first4") -> str:
+    """The layer choices' block (``smollm2-layers``'s committed result): per choice its layers, size, acceptance, c,
+    v and speedup on the validation prompts, and its speedup over ``baseline``'s pass by pass (one target-only
+    baseline: the ratio of two speedups is the ratio of their tokens/s); or what to run."""
+    if result is None:
+        return ("Not run at full size yet: `python benchmarks/recipe.py smollm2-layers` (about 4.5 hours on 2 CPU "
+                "cores after smollm2-draft, in its run directory) writes `benchmarks/results/recipe_smollm2_layers.*`, "
+                "and this block is generated from it (`python scripts/readme_results.py`).")
+    from seqkd.pipeline.recipe import load_recipe
+
+    rep, run, env = result["report"], result["run"], result["environment"]
+    recipe = load_recipe("smollm2-layers")
+    rows = rep["drafts"]["speculate"]["speculate-layers-val"]
+    base = next(r for r in rows if r["label"] == baseline)["speedup_spread"]["per_pass"]
+    table = []
+    for r in rows:
+        ratios = sorted(_ratio_per_pass(r["speedup_spread"]["per_pass"], base))
+        sp = r["speedup_spread"]
+        table.append([r["label"], layers_of(recipe, r["label"]), f"{r['params']['draft'] / 1e6:.1f}M",
+                      " / ".join(f"{a:.2f}" for a in r["per_position_acceptance"]), f"{r['block_efficiency']:.2f}",
+                      f"{r['cost_ratio']:.3f}", f"{r['verification_cost']:.2f}",
+                      f"{r['speedup']:.2f} ({sp['min']:.2f}–{sp['max']:.2f})×",
+                      f"{ratios[len(ratios) // 2]:.3f} ({ratios[0]:.3f}–{ratios[-1]:.3f})×"])
+    best = max(rows, key=lambda r: r["speedup"])
+    others = [r for r in rows if r is not best]
+    ahead = all(a > b for o in others
+                for a, b in zip(best["speedup_spread"]["per_pass"], o["speedup_spread"]["per_pass"]))
+    r0 = rows[0]
+    lines = [f"Committed report (`benchmarks/results/recipe_smollm2_layers.md`): commit `{run['commit']}`, "
+             f"{env['cpu']['model']}, {env['cpu']['usable_cores']} cores, no GPU; {r0['prompts']} validation prompts, "
+             f"greedy, gamma {r0['gamma']}, every draft pruned to the same tokens and compiled, on one target-only "
+             f"baseline; {len(base)} interleaved passes, medians with min–max.", "",
+             *_table(["draft", "target layers", "parameters", "acceptance per position", "tokens per call", "c", "v",
+                      "speedup", f"over {baseline}, per pass"], table), "",
+             f"Fastest: {best['label']} ({layers_of(recipe, best['label'])}), "
+             + ("ahead of every other choice in every pass." if ahead else
+                "but not ahead of every other choice in every pass: the ranges overlap.")]
+    return "\n".join(lines)
+
+
 def render_decode_paths(result: dict) -> str:
     """benchmarks/decode_paths.py's table: per product path, rates (median (min-max)) over the default target-only
     rate, step times, c and v."""
@@ -183,7 +238,10 @@ def main(argv: list[str]) -> int:
     rc = update_block(ROOT / "README.md", BEGIN, END, render(), check=check, how=how)
     rc = rc or update_block(ROOT / "README.md", PATHS_BEGIN, PATHS_END,
                             render_decode_paths(json.loads(PATHS.read_text(encoding="utf-8"))), check=check, how=how)
-    return rc or update_block(ROOT / "README.md", SMOL_BEGIN, SMOL_END, render_smollm2(smol), check=check, how=how)
+    rc = rc or update_block(ROOT / "README.md", SMOL_BEGIN, SMOL_END, render_smollm2(smol), check=check, how=how)
+    layers = json.loads(LAYERS.read_text(encoding="utf-8")) if LAYERS.exists() else None
+    return rc or update_block(ROOT / "README.md", LAYERS_BEGIN, LAYERS_END, render_smollm2_layers(layers),
+                              check=check, how=how)
 
 
 if __name__ == "__main__":

@@ -838,3 +838,8 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert [r["label"] for r in rows] == ["pruned-first2", "pruned-first4", "pruned-spread4", "pruned-first8"]
     assert all(r["gamma"] == 2 and r["identical_outputs"] == 1.0 for r in rows)
     assert len({r["target_only_tokens_per_s"] for r in rows}) == 1  # one baseline
+    block = readme.render_smollm2_layers({"report": layers, "run": {"commit": "0123abc"},
+                                          "environment": layers["machine"]})
+    assert [r.split(" | ")[1] for r in block.splitlines() if r.startswith("| pruned-")] == [
+        "first:2", "first:4", "0,10,20,29", "first:8"]
+    assert "| pruned-first4 | first:4 |" in block and "1.000 (1.000–1.000)× |" in block

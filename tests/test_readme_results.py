@@ -1,5 +1,6 @@
 """The README's generated blocks for the SmolLM2 draft: issue 14's targets checked on crafted speculate data (each
-verdict, and the gamma chosen on validation prompts), and the report's where-the-time-goes table."""
+verdict, and the gamma chosen on validation prompts), the report's where-the-time-goes table, and the layer choices'
+block (each draft followed to its layers, compared pass by pass)."""
 
 import importlib.util
 from pathlib import Path
@@ -76,3 +77,36 @@ def test_where_the_time_goes_reads_the_shares_and_step_times_and_leaves_out_rows
         "draft": "25%", "target": "70%", "decoder": "5%", "draft step ms": "4.0", "verification ms": "30.1",
         "target step ms": "30.0", "speedup / bound": "75%"}
     assert len(rows) == 1
+
+
+def _layer_row(label, per_pass, **kw):
+    return {**_row(2, per_pass, label=label), "prompts": 64, "params": {"target": 134.5e6, "draft": 30e6},
+            "per_position_acceptance": [0.5, 0.25], "block_efficiency": 1.7, "cost_ratio": 0.18,
+            "verification_cost": 0.9, **kw}
+
+
+def _layers_result(rows):
+    return {"report": {"drafts": {"speculate": {"speculate-layers-val": rows}}},
+            "run": {"commit": "0123abc"}, "environment": {"cpu": {"model": "a CPU", "usable_cores": 2}}}
+
+
+def test_the_layer_choices_block_follows_each_draft_to_its_layers_and_compares_pass_by_pass(readme):
+    from seqkd.pipeline.recipe import load_recipe
+
+    recipe = load_recipe("smollm2-layers")
+    assert [readme.layers_of(recipe, d) for d in ("pruned-first2", "pruned-first4", "pruned-spread4",
+                                                  "pruned-first8")] == ["first:2", "first:4", "0,10,20,29", "first:8"]
+    rows = [_layer_row("pruned-first2", [1.1, 1.2, 1.3]), _layer_row("pruned-first4", [1.0, 1.2, 1.25]),
+            _layer_row("pruned-spread4", [0.9, 1.0, 1.1]), _layer_row("pruned-first8", [1.0, 1.1, 1.2])]
+    block = readme.render_smollm2_layers(_layers_result(rows))
+    table = {r.split(" | ")[0].lstrip("| "): r.split(" | ") for r in block.splitlines() if r.startswith("| pruned")}
+    assert table["pruned-spread4"][1] == "0,10,20,29" and table["pruned-first2"][2] == "30.0M"
+    # per pass 1.1 / 1.0, 1.2 / 1.2, 1.3 / 1.25: median 1.04, min 1.0, max 1.1 (not the ratio of the medians)
+    assert table["pruned-first2"][-1] == "1.040 (1.000–1.100)× |"
+    assert table["pruned-first4"][-1] == "1.000 (1.000–1.000)× |"
+    # first2's median is highest, but in pass 2 first4 ties it: not ahead in every pass
+    assert "Fastest: pruned-first2 (first:2), but not ahead of every other choice in every pass" in block
+    rows[1] = _layer_row("pruned-first4", [1.0, 1.15, 1.25])
+    assert "Fastest: pruned-first2 (first:2), ahead of every other choice in every pass." in \
+        readme.render_smollm2_layers(_layers_result(rows))
+    assert "Not run at full size yet" in readme.render_smollm2_layers(None)

@@ -129,14 +129,17 @@ def targets(spec: dict[str, list[dict]]) -> list[list[str]]:
         sp = r.get("speedup_spread") or {}
         return sp.get("per_pass") or [sp.get("min", r["speedup"]), sp.get("max", r["speedup"])]
 
-    for name, temp, threshold in (("speculate", 0, 1.3), ("speculate-t1", 1, 1.15)):
+    # the fp32 drafts compiled, then the int8 drafts eager beside the compiled target (the drafts as deployed)
+    for name, temp, threshold in (("speculate", 0, 1.3), ("speculate-t1", 1, 1.15), ("speculate-int8", 0, 1.3),
+                                  ("speculate-int8-t1", 1, 1.15)):
         r = at_gamma_chosen_on_val(spec, name)
         if r is not None:
-            add(f"seqkd's decoder at T={temp}, gamma chosen on validation prompts: speedup >= {threshold}x",
+            kind = "int8 draft" if r.get("draft_quantize", "none") == "int8" else "fp32 draft"
+            add(f"seqkd's decoder at T={temp}, {kind}, gamma chosen on validation prompts: speedup >= {threshold}x",
                 speedups(r), r["speedup"], threshold, where=f"{name}, gamma {r['gamma']}")
             if r.get("leviathan_bound"):
                 shares = [x / r["leviathan_bound"] for x in speedups(r)]
-                add(f"seqkd's decoder at T={temp} reaches >= 80% of Leviathan's bound (bound "
+                add(f"seqkd's decoder at T={temp}, {kind}, reaches >= 80% of Leviathan's bound (bound "
                     f"{r['leviathan_bound']:.2f}x with c {r['cost_ratio']:.3f})", shares,
                     r["speedup"] / r["leviathan_bound"], 0.8, ".0%", "")
     for name, temp in (("speculate-drafts", 0), ("speculate-drafts-t1", 1)):

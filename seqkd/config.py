@@ -854,11 +854,13 @@ class SpeculateConfig:
         "batched alike), or vllm (prompts per generate call). 1 = one prompt at a time (latency).", default=1)
     draft_quantize: Quantization = _help(
         "int8: the draft's linear layers as int8 dynamically quantized products (CPU, float32 models; seqkd and hf "
-        "engines). Decoding stays exact: only the target defines the output.", default="none")
+        "engines). Decoding stays exact: only the target defines the output. With --compile the target is compiled "
+        "and the int8 draft decodes eager (inductor cannot trace torch.ao's dynamic int8 products).", default="none")
     compile: bool = _help(
         "seqkd engine: torch.compile target and draft (inductor, weights frozen, dynamic shapes; see "
-        "seqkd.models.compiled), for target-only and speculative decoding alike. Compiling takes minutes on a CPU: "
-        "the --warmup prompts (at least 1) absorb it. Outputs stay exact with respect to the compiled target.",
+        "seqkd.models.compiled), for target-only and speculative decoding alike; a --draft-quantize int8 draft stays "
+        "eager. Compiling takes minutes on a CPU: the --warmup prompts (at least 1) absorb it. Outputs stay exact "
+        "with respect to the compiled target.",
         default=False)
     onednn: bool = _help(
         "seqkd and hf engines, CPU, float32: target and draft linear layers through oneDNN (weights prepacked once; "
@@ -879,8 +881,6 @@ class SpeculateConfig:
         if self.compile and (self.engine != "seqkd" or self.compare_hf):
             raise SeqkdError("--compile compiles the models of seqkd's decoder: use it with --engine seqkd, without "
                              "--compare-hf")
-        if self.compile and self.draft_quantize != "none":
-            raise SeqkdError("--compile and --draft-quantize int8 together are not supported: choose one")
         if self.onednn and (self.engine == "vllm" or self.compile or self.device != "cpu" or self.dtype != "float32"):
             raise SeqkdError("--onednn prepacks float32 linear layers for the CPU in seqkd's decoder or HF: use it "
                              "with --engine seqkd or hf, --device cpu, --dtype float32, without --compile (which "

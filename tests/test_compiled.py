@@ -4,6 +4,7 @@ the compiled pair equals target-only decoding with the compiled target, with a p
 pair draws what the eager one does."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from seqkd.speculative import autoregressive_generate, speculative_generate
 
 
 @pytest.mark.slow  # inductor compiles each graph once: about a minute on 2 cores
-def test_compiled_models_decode_exactly_what_the_eager_target_does(tiny_lm_model):
+def test_compiled_models_decode_exactly_what_the_eager_target_does(tiny_lm_model, monkeypatch):
     target = load_model(tiny_lm_model).eval()
     draft = _perturbed(target, 0.3, 3).eval()
     prompts = [torch.tensor([ids]) for ids in ([3, 9, 14, 22], [5, 7, 30], [11, 4, 19, 8, 27, 6])]
@@ -57,10 +58,20 @@ def test_compiled_models_decode_exactly_what_the_eager_target_does(tiny_lm_model
     r = speculate(cfg, progress=False, target=target, draft=draft, tokenizers=load_tokenizers(tiny_lm_model),
                   prompts=["a b c", "d e f", "g h"])
     assert r["compile"] is True and r["identical_outputs"] == 1.0
+    # the compiled target with an int8 draft, which stays eager (dynamo cannot trace torch.ao's int8 products):
+    # only the target goes through compile_for_decoding, and decoding is exact
+    import seqkd.models.compiled as compiled_module
+
+    seen = []
+    monkeypatch.setattr(compiled_module, "compile_for_decoding", lambda m: seen.append(m) or compile_for_decoding(m))
+    int8 = speculate(dataclasses.replace(cfg, draft_quantize="int8"), progress=False, target=target, draft=draft,
+                     tokenizers=load_tokenizers(tiny_lm_model), prompts=["a b c", "d e f", "g h"])
+    assert seen == [target]
+    assert int8["compile"] is True and int8["draft_quantize"] == "int8" and int8["identical_outputs"] == 1.0
 
 
 def test_compile_settings_that_cannot_work_are_one_line():
     for kw, match in ((dict(engine="hf"), "--engine seqkd"), (dict(compare_hf=True), "without --compare-hf"),
-                      (dict(draft_quantize="int8"), "not supported"), (dict(warmup=0), "--warmup >= 1")):
+                      (dict(warmup=0), "--warmup >= 1")):
         with pytest.raises(SeqkdError, match=match):
             SpeculateConfig(target="t", draft="d", compile=True, **kw)

@@ -726,10 +726,11 @@ def test_the_multi30k_recipe_runs_end_to_end_at_toy_size(multi30k_data_dir, tmp_
     assert "draft / student-seq-kd = " in spec
 
 
-SPECULATE_STAGES = ("speculate-val", "speculate", "speculate-t1-val", "speculate-t1", "speculate-drafts",
-                    "speculate-drafts-t1", "speculate-pruned", "speculate-onednn", "speculate-int8", "speculate-mkl",
-                    "speculate-hf", "speculate-batched", "speculate-vllm")
-COMPILED_STAGES = SPECULATE_STAGES[:7]  # the recipe compiles these; the toy run does not (minutes per stage)
+INT8_STAGES = ("speculate-int8-val", "speculate-int8", "speculate-int8-t1-val", "speculate-int8-t1")
+SPECULATE_STAGES = (*INT8_STAGES, "speculate-val", "speculate", "speculate-t1-val", "speculate-t1", "speculate-drafts",
+                    "speculate-drafts-t1", "speculate-pruned", "speculate-onednn", "speculate-int8-eager",
+                    "speculate-mkl", "speculate-hf", "speculate-batched", "speculate-vllm")
+COMPILED_STAGES = SPECULATE_STAGES[:11]  # the recipe compiles these; the toy run does not (minutes per stage)
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
             "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
@@ -742,7 +743,7 @@ SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_p
             *[f"{s}.{k}" for s in SPECULATE_STAGES for k in ("max_new_tokens=8", "passes=1", "warmup=1", "limit=2")],
             "speculate-batched.limit=4", "speculate-vllm.limit=4", "speculate-batched.sweep.batch_size=[2,4]",
             "speculate-vllm.sweep.batch_size=[1,4]", "speculate.sweep.gamma=[2,3]",  # one call, one baseline
-            "speculate-val.sweep.gamma=[2,3]", "speculate-t1-val.sweep.gamma=[2,3]", "speculate-t1.sweep.gamma=[2,3]"]
+            *[f"{s}.sweep.gamma=[2,3]" for s in ("speculate-val", "speculate-t1-val", "speculate-t1", *INT8_STAGES)]]
 
 
 def test_the_smollm2_recipe_compiles_its_main_stages_and_measures_each_product_path():
@@ -750,12 +751,13 @@ def test_the_smollm2_recipe_compiles_its_main_stages_and_measures_each_product_p
     stages = {s.name: s for s in load_recipe("smollm2-draft").stages}
     assert [n for n in SPECULATE_STAGES if stages[n].settings.get("compile")] == list(COMPILED_STAGES)
     assert [n for n in SPECULATE_STAGES if stages[n].settings.get("onednn")] == [
-        "speculate-onednn", "speculate-int8", "speculate-hf", "speculate-batched"]
-    assert stages["speculate-int8"].settings["draft_quantize"] == "int8"
+        "speculate-onednn", "speculate-int8-eager", "speculate-hf", "speculate-batched"]
+    assert [n for n in SPECULATE_STAGES if stages[n].settings.get("draft_quantize") == "int8"] == [
+        *INT8_STAGES, "speculate-int8-eager"]
     assert all(set(stages[n].settings) >= {"passes", "warmup"} for n in SPECULATE_STAGES)
     assert all(stages[n].settings["passes"] == 3 for n in SPECULATE_STAGES if not n.endswith("-val"))
     # each temperature's gamma is chosen on the validation prompts, with the draft its test stage decodes with
-    for val in ("speculate-val", "speculate-t1-val"):
+    for val in ("speculate-val", "speculate-t1-val", "speculate-int8-val", "speculate-int8-t1-val"):
         assert stages[val].sweep == stages[val.removesuffix("-val")].sweep
         test = stages[val.removesuffix("-val")].settings
         assert stages[val].settings["input"].endswith("/val.txt") and test["input"].endswith("/test.txt")
@@ -783,12 +785,12 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert [r["gamma"] for r in spec["speculate"]] == [2, 3]
     assert [r["batch_size"] for r in spec["speculate-batched"]] == [2, 4]
     # the pruned draft beside the whole-vocabulary one, on one baseline: compiled, through oneDNN and in int8
-    for name in ("speculate-pruned", "speculate-onednn", "speculate-int8"):
+    for name in ("speculate-pruned", "speculate-onednn", "speculate-int8-eager"):
         assert [r["label"] for r in spec[name]] == ["draft", "pruned"]
-    assert all(r["draft_quantize"] == "int8" for r in spec["speculate-int8"])
+    assert all(r["draft_quantize"] == "int8" for n in (*INT8_STAGES, "speculate-int8-eager") for r in spec[n])
     assert all(r["draft_quantize"] == "none" for r in spec["speculate-pruned"] + spec["speculate-onednn"])
     # seqkd's decoder through oneDNN's products, and once through torch's default ones (c and v before)
-    assert all(r["onednn"] for n in ("speculate-onednn", "speculate-int8", "speculate-hf", "speculate-batched")
+    assert all(r["onednn"] for n in ("speculate-onednn", "speculate-int8-eager", "speculate-hf", "speculate-batched")
                for r in spec[n])
     assert not any(r["onednn"] for r in spec["speculate-mkl"] + spec["speculate-vllm"] + spec["speculate"])
     md = (out / "report.md").read_text()
@@ -817,9 +819,10 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
                                              "| target |"))
     assert len(main_rows) == len(time_rows) == sum(len(v) for v in spec.values())  # every row (vllm: seqkd here)
     assert len(hf_rows) == 1
-    # each of issue 14's targets whose stages ran: T=0 and T=1 speedup and share of the bound, aligned over
-    # unaligned at each, seqkd over HF assisted (the toy's speculate-vllm runs seqkd's decoder: no vLLM row)
-    assert len(goals) == 7 and all(g.split(" | ")[-1].rstrip(" |") in {
+    # each of issue 14's targets whose stages ran: T=0 and T=1 speedup and share of the bound (fp32 drafts, then
+    # int8 drafts), aligned over unaligned at each, seqkd over HF assisted (the toy's speculate-vllm runs seqkd's
+    # decoder: no vLLM row)
+    assert len(goals) == 11 and all(g.split(" | ")[-1].rstrip(" |") in {
         "met", "missed", "met at the median, not in every pass", "missed at the median, met in a pass"} for g in goals)
     assert "| speculate-drafts (student) |" in block and "| speculate-drafts-t1 (draft-t1) |" in block
     assert " ".join(report["summary"]) in block and "Gamma chosen on the validation prompts" in block

@@ -42,7 +42,7 @@ def test_recipes_share_the_stages_they_have_in_common():
 def test_the_smollm2_layer_choices_share_the_first4_draft_and_decode_pruned_on_one_baseline():
     """smollm2-layers' target, prompts, corpus and first:4 draft are smollm2-draft's stages (same keys: one run
     directory trains the first:4 draft once); every other choice is trained as that draft is, and the four compared
-    on the validation prompts at one gamma, pruned as smollm2-draft's drafts are."""
+    on the validation prompts at one gamma, pruned and in int8 as smollm2-draft's drafts are decoded."""
     a = {s.stage.name: s.key for s in plan(load_recipe("smollm2-draft"), "/nonexistent")}
     b = {s.stage.name: s.key for s in plan(load_recipe("smollm2-layers"), "/nonexistent")}
     assert {n for n in a.keys() & b.keys() if a[n] == b[n]} == {"target", "prompts", "corpus", "select", "init",
@@ -62,7 +62,7 @@ def test_the_smollm2_layer_choices_share_the_first4_draft_and_decode_pruned_on_o
     assert val.sweep == ("draft", [f"${{pruned-{c}}}" for c in ("first2", "first4", "spread4", "first8")])
     assert val.settings["input"].endswith("/val.txt") and val.settings["passes"] == 3
     assert {k: v for k, v in val.settings.items() if k not in ("gamma", "passes")} == \
-        {k: v for k, v in draft["speculate-val"].settings.items() if k not in ("draft", "passes")}
+        {k: v for k, v in draft["speculate-int8-val"].settings.items() if k not in ("draft", "passes")}
 
 
 def test_every_job_has_a_runner():

@@ -334,3 +334,79 @@ def test_a_killed_timing_run_resumes_from_its_last_finished_pass(tiny_lm_model, 
     with pytest.raises(SeqkdError, match="--resume continues from the passes kept beside --out"):
         SpeculateConfig(target="t", draft="d", input="p", resume=True)
     assert runner_fields("speculate", False, False)["resume"] and not runner_fields("evaluate", False, False)["resume"]
+
+
+def test_retimer_times_a_call_again_while_torch_compiled_during_it(monkeypatch):
+    """A decode during which dynamo compiled is called again (same seed: same result), at most ``tries`` times in all;
+    a decode without compilation runs once; the counts say which stream was timed again how often."""
+    from seqkd.speculative import runners
+
+    frames = iter([0, 1, 1, 1, 1, 1, 5, 6, 6, 7, 7, 8])  # the counter before / after each call, in order
+    monkeypatch.setattr(runners, "_compiled_frames", lambda: next(frames))
+    calls = []
+    again = runners.Retimer(tries=3)
+    assert again("a", lambda: calls.append("a") or len(calls)) == 2  # 0 -> 1 compiled; 1 -> 1 clean
+    assert again("b", lambda: calls.append("b") or len(calls)) == 3  # 1 -> 1 clean at once
+    assert again("a", lambda: calls.append("a") or len(calls)) == 6  # 5 -> 6, 6 -> 7, 7 -> 8: gives up at 3
+    assert calls == ["a", "a", "b", "a", "a", "a"] and again.counts == {"a": 3}
+    assert runners.retimed_calls([{"retimed": {"a": 1}}, {"retimed": {"b": 2, "c": 4}}], ["a", "b"]) == 3
+    assert runners.retimed_calls([{"rates": {}}, {"retimed": {}}], ["a"]) is None  # a pass from before the check
+
+
+def test_the_compiled_frame_counter_counts_compilations():
+    """What Retimer reads: dynamo's frame counter grows when a call compiles (a first call, a new shape it
+    specialises on) and not when a call reuses a compiled graph."""
+    from seqkd.speculative.runners import _compiled_frames
+
+    f = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    before = _compiled_frames()
+    f(torch.ones(3))
+    first = _compiled_frames()
+    f(torch.ones(3))
+    assert first > before and _compiled_frames() == first
+    f(torch.ones(5))  # static shapes: another size compiles again
+    assert _compiled_frames() > first
+
+
+@pytest.mark.parametrize("engine,batch_size", [("seqkd", 1), ("seqkd", 2), ("hf", 1)])
+def test_a_decode_that_compiled_is_timed_again_with_the_same_tokens(tiny_lm_model, tmp_path, monkeypatch, engine,
+                                                                    batch_size):
+    """A compilation during the first timed speculative decode (as a compiled model meets a new shape): that decode
+    runs again, the counts and outputs are those of a run without it, the report and each pass record say how many
+    decodes were timed again, and the report's table shows it."""
+    import dataclasses
+
+    from seqkd.pipeline.report import speculative_tables
+    from seqkd.speculative import runners
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("lesko sush jun\npelo kiva\nmura sush\n")
+    cfg = SpeculateConfig(target=str(tiny_lm_model), draft=str(tiny_lm_model), input=str(prompts), temperature=1.0,
+                          max_new_tokens=8, passes=2, gamma=3, batch_size=batch_size, engine=engine,
+                          out=str(tmp_path / "r.json"))
+    clean = runners.speculate_sweep([dataclasses.replace(cfg, out=None)], progress=False)[0]
+    assert clean["retimed_calls"] == 0
+
+    reads = {"n": 0}
+    real = runners.Retimer.__call__
+
+    def compiling_once(self, stream, call):  # the first speculative decode compiles once
+        def once():
+            out = call()
+            if stream not in ("seqkd_target_only", "base") and reads["n"] == 0:
+                reads["n"] = 1
+                frames["total"] += 1
+            return out
+        return real(self, stream, once)
+
+    frames = {"total": 0}
+    monkeypatch.setattr(runners, "_compiled_frames", lambda: frames["total"])
+    monkeypatch.setattr(runners.Retimer, "__call__", compiling_once)
+    r = runners.speculate_sweep([cfg], progress=False)[0]
+    assert r["retimed_calls"] == 1
+    assert {k: r[k] for k in COUNTS} == {k: clean[k] for k in COUNTS}
+    assert r.get("identical_outputs") == clean.get("identical_outputs")
+    kept = json.loads((tmp_path / "r.passes.json").read_text())["passes"]
+    assert [sum(p["retimed"].values()) for p in kept] == [1, 0]
+    (_, rows), _ = speculative_tables({"s": [r, clean]})
+    assert [row[-1] for row in rows] == ["2 (1 timed again)", "2"]

@@ -253,7 +253,7 @@ def speculative_tables(speculate: dict[str, list[dict]]) -> tuple[tuple[list[str
                          _fmt(r["speedup"]) + "x" + (f" ({spread['min']:.2f}-{spread['max']:.2f})"
                                                      if "min" in spread else ""),
                          _times(r.get("leviathan_bound")), _times(r.get("predicted_speedup")),
-                         str(r.get("passes", 1))])
+                         _passes(r)])
             cmp = r.get("comparison")
             if cmp:  # seqkd's decoder beside HF generate and HF assisted generation, on the same prompts
                 rate, over = cmp["tokens_per_s"], cmp["speedup_over_baseline"]
@@ -264,6 +264,12 @@ def speculative_tables(speculate: dict[str, list[dict]]) -> tuple[tuple[list[str
                "target-only tok/s", "speculative tok/s", "speedup", "bound", "predicted", "passes"]
     hf_headers = ["stage", "HF generate tok/s", "seqkd target-only", "seqkd speculative", "HF assisted generation"]
     return (headers, rows), (hf_headers, hf_rows)
+
+
+def _passes(r: dict) -> str:
+    """The passes column: how many, and how many decodes were timed again because torch compiled during them."""
+    again = r.get("retimed_calls")
+    return str(r.get("passes", 1)) + (f" ({again} timed again)" if again else "")
 
 
 def time_table(speculate: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:

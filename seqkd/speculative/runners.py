@@ -60,6 +60,43 @@ class PassLog:
             atomic_write_json(self.path, {"key": self.key, "passes": self.done})
 
 
+def _compiled_frames() -> int:
+    """Frames torch's dynamo has compiled (or tried to) in this process so far; 0 where it was never imported."""
+    import sys
+
+    utils = sys.modules.get("torch._dynamo.utils")
+    return int(utils.counters["frames"]["total"]) if utils is not None else 0
+
+
+class Retimer:
+    """Calls a timed decode again while torch compiled anything during it. A compiled model meets shapes in a timed
+    pass that no warm-up prompt reached (a prompt's own length, a block cut short at the length limit), and a
+    compilation takes seconds to minutes on a CPU: timed, it made one config of one pass look about twice as slow
+    (SmolLM2, 2 cores: a draft at 0.55x beside one as fast at 1.04x in the same pass). The call repeats with the same
+    seed, so the tokens and counts are the same and only the time changes; ``counts[stream]`` says how many calls
+    were timed again (at most ``tries`` calls in all per decode; the last one counts, compiled during or not)."""
+
+    def __init__(self, tries: int = 3):
+        self.tries = tries
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, stream: str, call):
+        for attempt in range(self.tries):
+            before = _compiled_frames()
+            out = call()
+            if _compiled_frames() == before or attempt == self.tries - 1:
+                return out
+            self.counts[stream] = self.counts.get(stream, 0) + 1
+
+
+def retimed_calls(done: list[dict[str, Any]], streams: list[str]) -> int | None:
+    """Calls timed again over the finished passes ``done`` (their ``retimed`` records) in ``streams``; None where a
+    pass was timed before runs recorded it (it may hold a compilation)."""
+    if any("retimed" not in rec for rec in done):
+        return None
+    return sum(rec["retimed"].get(k, 0) for rec in done for k in streams)
+
+
 def check_pair(target_dir: str, draft_dir: str):
     """Load both tokenizers and fail clearly unless their vocabularies are the same token -> id map."""
     from seqkd.models.tokenizer import load_tokenizers, same_vocab
@@ -261,18 +298,20 @@ def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, pr
         for p in range(start, cfg.passes):
             tokens = dict.fromkeys(streams, 0)
             seconds = dict.fromkeys(streams, 0.0)
+            again = Retimer()
             for i, ids in enumerate(prompts):
-                b = autoregressive_generate(target, ids, **kw, seed=cfg.seed + i)
+                b = again("seqkd_target_only", lambda: autoregressive_generate(target, ids, **kw, seed=cfg.seed + i))
                 done = [("seqkd_target_only", b)]
                 for k, (d, g) in zip(spec_keys, variants):
-                    done.append((k, speculative_generate(target, d, ids, gamma=g, adaptive_gamma=cfg.adaptive_gamma,
-                                                         lenience=cfg.lenience, **kw, seed=cfg.seed + i)))
+                    done.append((k, again(k, lambda: speculative_generate(
+                        target, d, ids, gamma=g, adaptive_gamma=cfg.adaptive_gamma, lenience=cfg.lenience, **kw,
+                        seed=cfg.seed + i))))
                 for k, r in done:
                     tokens[k] += r.stats.generated
                     seconds[k] += r.stats.wall_seconds
                 if hf_kw is not None:
                     for k, d in (("hf_generate", None), ("hf_assisted", hf_draft)):
-                        n, dt = _hf_generate(target, ids, hf_kw, cfg.seed + i, d)
+                        n, dt = again(k, lambda: _hf_generate(target, ids, hf_kw, cfg.seed + i, d))
                         tokens[k] += n
                         seconds[k] += dt
                 if p == 0:
@@ -285,7 +324,7 @@ def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, pr
                 bar.set_postfix(accept=f"{last.acceptance_rate:.2f}", tau=f"{last.block_efficiency:.2f}")
             for k in streams:
                 rates[k].append(tokens[k] / seconds[k] if seconds[k] else 0.0)
-            rec: dict[str, Any] = {"rates": {k: rates[k][-1] for k in streams}}
+            rec: dict[str, Any] = {"rates": {k: rates[k][-1] for k in streams}, "retimed": again.counts}
             if p == 0:
                 rec.update(base=dataclasses.asdict(base), spec={k: dataclasses.asdict(v) for k, v in spec.items()},
                            same=same)
@@ -301,7 +340,8 @@ def _run_seqkd(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, pr
                    speculative_tokens_per_s=statistics.median(rates[k]),
                    speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
                    tokens_per_s={s: spread(v) for s, v in mine.items()},
-                   target_step_seconds=base.target_step_seconds, identical_outputs=same[k] / len(prompts))
+                   target_step_seconds=base.target_step_seconds, identical_outputs=same[k] / len(prompts),
+                   retimed_calls=retimed_calls(passes.done, ["seqkd_target_only", k, "hf_generate", "hf_assisted"]))
         if hf_kw is not None:
             common = rates["hf_generate"]
             out["comparison"] = {
@@ -345,10 +385,13 @@ def _run_seqkd_batched(cfg: SpeculateConfig, variants: list[tuple[Any, int]], ta
     with _bar(len(batches) * cfg.passes, progress, "speculate (batched)", initial=len(batches) * start) as bar:
         for p in range(start, cfg.passes):
             tokens, seconds = [0] * (1 + n), [0.0] * (1 + n)
+            again = Retimer()
             for j, chunk in enumerate(batches):
-                b = autoregressive_generate_batch(target, chunk, **kw, seed=cfg.seed + j)
-                runs = [speculative_generate_batch(target, d, chunk, gamma=g, lenience=cfg.lenience, **kw,
-                                                   seed=cfg.seed + j) for d, g in variants]
+                b = again("base", lambda: autoregressive_generate_batch(target, chunk, **kw, seed=cfg.seed + j))
+                runs = [again(str(k), lambda: speculative_generate_batch(target, d, chunk, gamma=g,
+                                                                         lenience=cfg.lenience, **kw,
+                                                                         seed=cfg.seed + j))
+                        for k, (d, g) in enumerate(variants)]
                 for k, st in enumerate([b.stats] + [s.stats for s in runs]):
                     tokens[k] += st.generated
                     seconds[k] += st.wall_seconds
@@ -364,7 +407,8 @@ def _run_seqkd_batched(cfg: SpeculateConfig, variants: list[tuple[Any, int]], ta
             base_rates.append(tokens[0] / seconds[0] if seconds[0] else 0.0)
             for k in range(n):
                 spec_rates[k].append(tokens[k + 1] / seconds[k + 1] if seconds[k + 1] else 0.0)
-            rec: dict[str, Any] = {"base_rate": base_rates[-1], "spec_rates": [r[-1] for r in spec_rates]}
+            rec: dict[str, Any] = {"base_rate": base_rates[-1], "spec_rates": [r[-1] for r in spec_rates],
+                                   "retimed": again.counts}
             if p == 0:
                 rec.update(base=dataclasses.asdict(base), rows=[dataclasses.asdict(r) for r in rows],
                            times=[dataclasses.asdict(t) for t in times], same=same)
@@ -378,7 +422,7 @@ def _run_seqkd_batched(cfg: SpeculateConfig, variants: list[tuple[Any, int]], ta
                    speedup=statistics.median(speedups), speedup_spread=spread(speedups), passes=cfg.passes,
                    tokens_per_s={"seqkd_target_only": spread(base_rates), "seqkd_speculative": spread(spec_rates[k])},
                    batch_size=cfg.batch_size, target_step_seconds=base.target_step_seconds,
-                   identical_outputs=same[k] / len(prompts),
+                   identical_outputs=same[k] / len(prompts), retimed_calls=retimed_calls(passes.done, ["base", str(k)]),
                    batched_calls={"target_only": base.target_calls, "verification": times[k].target_calls,
                                   "draft": times[k].draft_steps})
         reports.append(out)
@@ -456,13 +500,18 @@ def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, promp
             for p in range(start, cfg.passes):
                 base_tok, base_s = 0, 0.0
                 pass_tok, spec_s = [0] * n, [0.0] * n
+                again = Retimer()
                 for i, ids in enumerate(prompts):
-                    new, dt = run(ids, None, cfg.seed + i)
+                    new, dt = again("base", lambda: run(ids, None, cfg.seed + i))
                     base_tok, base_s = base_tok + new, base_s + dt
                     for k in range(n):
                         dc = dcs[variants[k][0]]
-                        tc.calls = dc.calls = 0
-                        new, dt = run(ids, k, cfg.seed + i)
+
+                        def counted(k=k, dc=dc):  # the calls of the timing that counts (a call timed again repeats)
+                            tc.calls = dc.calls = 0
+                            return run(ids, k, cfg.seed + i)
+
+                        new, dt = again(str(k), counted)
                         pass_tok[k], spec_s[k] = pass_tok[k] + new, spec_s[k] + dt
                         if p == 0:
                             target_calls[k] += tc.calls
@@ -472,7 +521,8 @@ def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, promp
                 base_rates.append(base_tok / base_s if base_s else 0.0)
                 for k in range(n):
                     spec_rates[k].append(pass_tok[k] / spec_s[k] if spec_s[k] else 0.0)
-                rec: dict[str, Any] = {"base_rate": base_rates[-1], "spec_rates": [r[-1] for r in spec_rates]}
+                rec: dict[str, Any] = {"base_rate": base_rates[-1], "spec_rates": [r[-1] for r in spec_rates],
+                                       "retimed": again.counts}
                 if p == 0:
                     rec["counts"] = {"drafted": drafted, "target_calls": target_calls, "generated": spec_tok}
                 passes.record(rec)
@@ -493,5 +543,6 @@ def _run_hf(cfg: SpeculateConfig, variants: list[tuple[Any, int]], target, promp
             "speedup": statistics.median(speedups), "speedup_spread": spread(speedups), "passes": cfg.passes,
             "tokens_per_s": {"hf_generate": spread(base_rates), "hf_assisted": spread(spec_rates[k])},
             "counted_from": "forward calls (accepted = generated - target calls; drafted = draft calls)",
+            "retimed_calls": retimed_calls(passes.done, ["base", str(k)]),
         })
     return reports

@@ -732,11 +732,12 @@ SPECULATE_STAGES = (*INT8_STAGES, "speculate-val", "speculate", "speculate-t1-va
                     "speculate-mkl", "speculate-hf", "speculate-batched", "speculate-vllm")
 COMPILED_STAGES = SPECULATE_STAGES[:11]  # the recipe compiles these; the toy run does not (minutes per stage)
 SMOL_TOY = ["prompts.train_prompts=60", "prompts.val_prompts=4", "prompts.test_prompts=4",
-            "corpus.engine=hf", "corpus.max_new_tokens=12", "init.layers=first:2 first:4",
+            "corpus.engine=hf", "corpus.max_new_tokens=12", "corpus-t1.engine=hf", "corpus-t1.max_new_tokens=12",
+            "corpus-t1.limit=6", "init.layers=first:2 first:4",
             "init.choose_on=${prompts}/val.txt", "init.prompt_format=chat", "init.limit=2", "init.max_new_tokens=8",
             "student.epochs=null", "student.max_steps=4", "student.warmup_steps=1", "student.max_tokens=2048",
             "student.logging_steps=2",
-            *[f"{s}.{k}" for s in ("draft", "draft-t1")
+            *[f"{s}.{k}" for s in ("draft", "draft-t1", "draft-t1-target")
               for k in ("max_steps=2", "warmup_steps=1", "eval_size=2", "max_new_tokens=8", "limit=8")],
             "pruned.top=512", "pruned-t1.top=512", "speculate-vllm.engine=seqkd",
             *[f"{s}.compile=false" for s in COMPILED_STAGES],
@@ -763,6 +764,23 @@ def test_the_smollm2_recipe_compiles_its_main_stages_and_measures_each_product_p
         assert stages[val].settings["input"].endswith("/val.txt") and test["input"].endswith("/test.txt")
         assert {k: v for k, v in stages[val].settings.items() if k not in ("input", "passes")} == \
             {k: v for k, v in test.items() if k not in ("input", "passes")}
+
+
+def test_the_smollm2_t1_draft_is_also_aligned_on_the_targets_own_samples_where_it_decodes():
+    """draft-t1-target: the seq-KD student aligned on target samples drawn at the temperature it decodes at, every
+    sample kept (not the likeliest of each prompt's), cut where the test decodes stop, and compared with the on-policy
+    alignment and the student on one baseline; >= 1.4M tokens (10x the first draft's 140k) at ~62 tokens a sample."""
+    stages = {s.name: s for s in load_recipe("smollm2-draft").stages}
+    corpus, select, draft = (stages[n].settings for n in ("corpus-t1", "select-t1", "draft-t1-target"))
+    test = stages["speculate-drafts-t1"].settings
+    assert corpus["mode"] == "sample" and corpus["temperature"] == draft["temperature"] == test["temperature"] == 1.0
+    assert corpus["max_new_tokens"] == test["max_new_tokens"] and select["strategy"] == "all"
+    assert corpus["limit"] * corpus["num_samples"] * 62 >= 1.4e6
+    assert (draft["data"], draft["target_corpus"], draft["draft"]) == ("target", "${select-t1}", "${student}")
+    assert stages["speculate-drafts-t1"].sweep == ("draft", ["${student}", "${draft-t1}", "${draft-t1-target}"])
+    # the same alignment as the on-policy draft-t1 otherwise (divergence, learning rate, evaluation)
+    same = ("divergence", "lr", "eval_prompts", "eval_size", "eval_gamma", "eval_temperature", "prompt_format")
+    assert {k: draft[k] for k in same} == {k: stages["draft-t1"].settings[k] for k in same}
 
 
 @pytest.mark.slow
@@ -796,9 +814,10 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     md = (out / "report.md").read_text()
     assert all(r["temperature"] == 1.0 for r in spec["speculate-t1"] + spec["speculate-drafts-t1"])
     # alignment's effect: each aligned draft beside the draft before alignment, on one baseline
-    for name, aligned in (("speculate-drafts", "draft"), ("speculate-drafts-t1", "draft-t1")):
-        assert [r["label"] for r in spec[name]] == ["student", aligned]
-        assert f"Compared on one target-only baseline ({name}, gamma 3, " in md and f"speedup {aligned} / student" in md
+    for name, aligned in (("speculate-drafts", ["draft"]), ("speculate-drafts-t1", ["draft-t1", "draft-t1-target"])):
+        assert [r["label"] for r in spec[name]] == ["student", *aligned]
+        assert f"Compared on one target-only baseline ({name}, gamma 3, " in md
+        assert all(f"{a} / student = " in md for a in aligned)
     assert set(spec["speculate-hf"][0]["comparison"]["tokens_per_s"]) >= {"hf_generate", "hf_assisted"}
     assert "HF assisted generation" in md and "| first:4 |" in md and "| int8 |" in md and "| seqkd oneDNN |" in md
     # gamma is chosen on the validation prompts, and the headline is the test stage at that gamma
@@ -820,11 +839,11 @@ def test_the_smollm2_recipe_runs_end_to_end_at_toy_size(tinyshakespeare_data_dir
     assert len(main_rows) == len(time_rows) == sum(len(v) for v in spec.values())  # every row (vllm: seqkd here)
     assert len(hf_rows) == 1
     # each of issue 14's targets whose stages ran: T=0 and T=1 speedup and share of the bound (fp32 drafts, then
-    # int8 drafts), aligned over unaligned at each, seqkd over HF assisted (the toy's speculate-vllm runs seqkd's
-    # decoder: no vLLM row)
-    assert len(goals) == 11 and all(g.split(" | ")[-1].rstrip(" |") in {
+    # int8 drafts), aligned over unaligned at each (both T=1 alignments), seqkd over HF assisted (the toy's
+    # speculate-vllm runs seqkd's decoder: no vLLM row)
+    assert len(goals) == 12 and all(g.split(" | ")[-1].rstrip(" |") in {
         "met", "missed", "met at the median, not in every pass", "missed at the median, met in a pass"} for g in goals)
-    assert "| speculate-drafts (student) |" in block and "| speculate-drafts-t1 (draft-t1) |" in block
+    assert "| speculate-drafts (student) |" in block and "| speculate-drafts-t1 (draft-t1-target) |" in block
     assert " ".join(report["summary"]) in block and "Gamma chosen on the validation prompts" in block
     # smollm2-layers in the same run directory: the shared stages cached, the other choices trained and compared
     shared = ("target", "prompts", "corpus", "select", "init", "student")

@@ -55,8 +55,9 @@ def test_each_target_is_checked_at_the_gamma_chosen_on_validation_with_a_verdict
     assert rows["seqkd's decoder at T=1, fp32 draft, gamma chosen on validation prompts: speedup >= 1.15x"] == (
         "1.05x (1.00-1.10x), speculate-t1, gamma 2", "missed")
     # per-pass ratios on the shared baseline: 1.2, 1.1, 1.2; medians' ratio 1.21 / 1.1
-    aligned = rows["aligned draft >= 1.15x the unaligned one at T=0 (speedup over speedup, same baseline)"]
-    assert aligned == ("1.10x (1.10-1.20x), draft / student, speculate-drafts", "missed at the median, met in a pass")
+    aligned = rows["aligned draft (draft) >= 1.15x the unaligned one (student) at T=0 (speedup over speedup, same "
+                   "baseline)"]
+    assert aligned == ("1.10x (1.10-1.20x), speculate-drafts", "missed at the median, met in a pass")
     assert rows["seqkd's tokens/s >= HF assisted generation's (same pair, gamma 3)"][1] == "met"
     assert rows["vLLM speculative > 1x its own target-only rate (batch 1)"] == (
         "0.90x (0.80-0.95x), passes not interleaved (two engines)", "missed")
@@ -64,6 +65,20 @@ def test_each_target_is_checked_at_the_gamma_chosen_on_validation_with_a_verdict
     assert rows["seqkd's decoder at T=0, int8 draft, gamma chosen on validation prompts: speedup >= 1.3x"] == (
         "1.45x (1.40-1.50x), speculate-int8, gamma 1", "met")
     assert len(rows) == 7  # T=1 has no bound (its row holds none), nor has the int8 row; no speculate-int8-t1 stage
+
+
+def test_each_alignment_of_a_draft_is_checked_against_the_draft_before_it_on_their_shared_baseline(readme):
+    """speculate-drafts-t1 decodes the student and two alignments of it (on-policy, on target samples): one row each,
+    each ratio taken pass by pass against the student's speedup in the same pass."""
+    spec = {"speculate-drafts-t1": [_row(3, [0.8, 0.8, 0.8], 1.0, label="student"),
+                                    _row(3, [0.84, 0.86, 0.88], 1.0, label="draft-t1"),
+                                    _row(3, [0.92, 0.96, 0.90], 1.0, label="draft-t1-target")]}
+    rows = readme.targets(spec)
+    assert [r[0] for r in rows] == [f"aligned draft ({d}) >= 1.15x the unaligned one (student) at T=1 (speedup over "
+                                    "speedup, same baseline)" for d in ("draft-t1", "draft-t1-target")]
+    assert [r[1:] for r in rows] == [
+        ["1.07x (1.05-1.10x), speculate-drafts-t1", "missed"],
+        ["1.15x (1.12-1.20x), speculate-drafts-t1", "met at the median, not in every pass"]]
 
 
 def test_a_missing_validation_stage_leaves_its_target_out(readme):
